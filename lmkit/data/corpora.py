@@ -1,0 +1,118 @@
+"""Offline corpora and deterministic splits. Explained in chapter 8.
+
+Three corpora need no download:
+
+* ``"pydoc"``: Python's documentation topics (``pydoc_data.topics``, ~465 KB of English prose).
+* ``"stdlib"``: source of the Python standard library's top-level modules (real code, chapter 20).
+* ``"book"``: the markdown of this book's own chapters (needs a checkout of the repository).
+
+Named hub datasets are loaded only when the caller asks (``load_hub_text``) and has internet.
+"""
+from __future__ import annotations
+
+import json
+import sysconfig
+from pathlib import Path
+
+CORPORA = ("pydoc", "stdlib", "book")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _pydoc_documents() -> dict[str, str]:
+    import pydoc_data.topics
+
+    return {k: v.strip() + "\n" for k, v in sorted(pydoc_data.topics.topics.items())}
+
+
+def _stdlib_documents(max_files: int | None = None) -> dict[str, str]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py") if not p.name.startswith("_"))
+    docs = {}
+    for p in files[:max_files]:
+        try:
+            docs[p.name] = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+    return docs
+
+
+def _book_documents() -> dict[str, str]:
+    book = REPO_ROOT / "book"
+    if not book.is_dir():
+        raise FileNotFoundError(
+            "the 'book' corpus needs the book's sources: clone the repository and install lmkit "
+            "from it (pip install -e .), or use the 'pydoc' corpus instead"
+        )
+    docs = {}
+    for p in sorted(book.glob("*.md")):
+        docs[p.name] = p.read_text(encoding="utf-8")
+    for p in sorted(book.glob("*.ipynb")):
+        cells = json.loads(p.read_text(encoding="utf-8"))["cells"]
+        docs[p.name] = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return docs
+
+
+def corpus_documents(name: str) -> dict[str, str]:
+    """The documents of an offline corpus, as {document name: text}, in a fixed order."""
+    if name == "pydoc":
+        return _pydoc_documents()
+    if name == "stdlib":
+        return _stdlib_documents()
+    if name == "book":
+        return _book_documents()
+    raise ValueError(f"unknown corpus {name!r}; choose one of {CORPORA}")
+
+
+def load_corpus(name: str) -> str:
+    """The whole corpus as one string (documents joined in sorted order)."""
+    return "\n".join(corpus_documents(name).values())
+
+
+def split_text(text: str, val_fraction: float = 0.05, test_fraction: float = 0.05) -> dict[str, str]:
+    """Deterministic contiguous split into train / val / test (the last parts go to val and test).
+
+    A contiguous split keeps neighbouring sentences from leaking across splits, which a random
+    line-level split would do.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+    n = len(text)
+    a = int(n * (1 - val_fraction - test_fraction))
+    b = int(n * (1 - test_fraction))
+    return {"train": text[:a], "val": text[a:b], "test": text[b:]}
+
+
+def load_splits(name: str, val_fraction: float = 0.05, test_fraction: float = 0.05) -> dict[str, str]:
+    """``split_text(load_corpus(name))``: the train / val / test text of an offline corpus."""
+    return split_text(load_corpus(name), val_fraction, test_fraction)
+
+
+def load_text_dataset(paths, split: str = "train"):
+    """Load local text files with ``datasets`` (one example per line), offline. Chapter 8."""
+    from datasets import load_dataset
+
+    paths = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"text file {p!r} does not exist")
+    return load_dataset("text", data_files={split: paths}, split=split)
+
+
+def load_hub_text(name: str, config: str | None = None, split: str = "train", text_field: str = "text"):
+    """Load a named hub dataset (needs internet; never used by the offline defaults or CI).
+
+    Returns the list of strings in ``text_field``.
+    """
+    import os
+
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise RuntimeError(
+            f"load_hub_text({name!r}) needs internet, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set; "
+            "unset them (on Colab they are unset) or use an offline corpus"
+        )
+    from datasets import load_dataset
+
+    ds = load_dataset(name, config, split=split)
+    if text_field not in ds.column_names:
+        raise KeyError(f"dataset {name!r} has no column {text_field!r}; columns: {ds.column_names}")
+    return list(ds[text_field])

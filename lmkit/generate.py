@@ -1,0 +1,162 @@
+"""Decoding: greedy, temperature, top-k, top-p (nucleus) sampling and beam search, with a KV cache.
+
+Explained in chapter 12.
+
+Context window policy (both paths identical, so the cache never changes the output): the model
+conditions on a window of at most ``block_size`` tokens. When the sequence fills the window, the
+window restarts from the last ``block_size // 2`` tokens (the cache is rebuilt from them). A prompt
+longer than the window is cut to its last ``block_size // 2`` tokens when ``truncate=True`` (the
+default) and raises ``ValueError`` otherwise.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lmkit.models.gpt import KVCache
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set logits (B, V) outside the top-k / top-p (nucleus) set to -inf."""
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already reach top_p
+        drop = probs.cumsum(-1) - probs >= top_p
+        drop_unsorted = torch.zeros_like(drop).scatter(-1, order, drop)
+        logits = logits.masked_fill(drop_unsorted, float("-inf"))
+    return logits
+
+
+def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
+    """Pick the next token from last-position logits (B, V) -> (B, 1). temperature 0 = greedy."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_cache: bool = True,
+    seed: int | None = None,
+    truncate: bool = True,
+    eos_id: int | None = None,
+) -> torch.Tensor:
+    """Continue prompts idx (B, T) by max_new_tokens tokens; returns (B, T + new).
+
+    ``seed`` makes sampling reproducible (a private generator; the global RNG is untouched).
+    Generation stops early when every row has produced ``eos_id``.
+    """
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"idx must be a non-empty (batch, time) tensor of token ids, got shape {tuple(idx.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    window = model.config.block_size
+    device = idx.device
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    start = 0
+    if idx.size(1) >= window:
+        if not truncate:
+            raise ValueError(
+                f"prompt of {idx.size(1)} tokens does not fit the context window of {window}; "
+                "shorten it or pass truncate=True"
+            )
+        start = idx.size(1) - window // 2
+    was_training = model.training
+    model.eval()
+    cache, fed = None, start  # fed: how many tokens of idx the cache already holds
+    finished = torch.zeros(idx.size(0), dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        if idx.size(1) - start >= window:  # window full: restart it from the last half
+            start = idx.size(1) - window // 2
+            cache = None
+        if use_cache:
+            if cache is None:
+                dtype = next(model.parameters()).dtype
+                cache, fed = KVCache(model.config, idx.size(0), device, dtype), start
+            logits, _ = model(idx[:, fed:], cache=cache)
+            fed = idx.size(1)
+        else:
+            logits, _ = model(idx[:, start:])
+        tok = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            tok = tok.masked_fill(finished[:, None], eos_id)
+            finished |= tok[:, 0] == eos_id
+        idx = torch.cat([idx, tok], dim=1)
+        if eos_id is not None and bool(finished.all()):
+            break
+    model.train(was_training)
+    return idx
+
+
+@torch.no_grad()
+def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 4, length_penalty: float = 1.0, eos_id: int | None = None):
+    """Beam search for one prompt idx (1, T). Returns (best sequence (1, T + n), its score).
+
+    The score is the summed log-probability divided by (generated length) ** length_penalty.
+    Prompt plus new tokens must fit the context window (``ValueError`` otherwise).
+    """
+    if idx.dim() != 2 or idx.size(0) != 1:
+        raise ValueError(f"beam_search takes one prompt of shape (1, T), got {tuple(idx.shape)}")
+    if idx.size(1) + max_new_tokens > model.config.block_size:
+        raise ValueError(
+            f"prompt ({idx.size(1)}) + max_new_tokens ({max_new_tokens}) exceeds the context window "
+            f"({model.config.block_size})"
+        )
+    was_training = model.training
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(model.config, 1, idx.device, dtype)
+    logits, _ = model(idx, cache=cache)
+    beams = idx
+    scores = torch.zeros(1, device=idx.device)
+    done: list[tuple[float, torch.Tensor]] = []
+    last = logits[:, -1, :]
+    for step in range(max_new_tokens):
+        logp = F.log_softmax(last.float(), dim=-1)  # (beams, V)
+        cand = (scores[:, None] + logp).view(-1)
+        top = torch.topk(cand, min(2 * num_beams, cand.numel()))
+        V = logp.size(-1)
+        keep_rows, keep_tok, keep_score = [], [], []
+        for s, flat in zip(top.values.tolist(), top.indices.tolist()):
+            row, tok = divmod(flat, V)
+            if eos_id is not None and tok == eos_id:
+                seq = torch.cat([beams[row], torch.tensor([tok], device=idx.device)])
+                done.append((s / (step + 1) ** length_penalty, seq))
+                continue
+            keep_rows.append(row), keep_tok.append(tok), keep_score.append(s)
+            if len(keep_rows) == num_beams:
+                break
+        if not keep_rows or (eos_id is not None and len(done) >= num_beams):
+            break
+        rows = torch.tensor(keep_rows, device=idx.device)
+        toks = torch.tensor(keep_tok, device=idx.device)[:, None]
+        beams = torch.cat([beams[rows], toks], dim=1)
+        scores = torch.tensor(keep_score, device=idx.device)
+        cache.reorder(rows)
+        logits, _ = model(toks, cache=cache)
+        last = logits[:, -1, :]
+    n = beams.size(1) - idx.size(1)
+    for s, seq in zip(scores.tolist(), beams):
+        done.append((s / max(n, 1) ** length_penalty, seq))
+    best_score, best = max(done, key=lambda t: t[0])
+    model.train(was_training)
+    return best[None, :], best_score
