@@ -1,0 +1,401 @@
+"""Tests of lmkit.quant: quantization (chapter 15), pruning and distillation (chapter 16)."""
+import pytest
+import torch
+import torch.nn as nn
+
+from lmkit.generate import generate
+from lmkit.models import GPT, GPTConfig
+from lmkit.quant import (
+    QuantLinear,
+    absmax_dequantize,
+    absmax_quantize,
+    check_group_size,
+    dequantize_groups,
+    distillation_loss,
+    distillation_objective,
+    dynamic_quantize,
+    is_quantized_module,
+    magnitude_prune,
+    model_size_bytes,
+    pack_int4,
+    qrange,
+    quantize_groups,
+    quantize_model,
+    quantized_engine,
+    quantized_layer_bytes,
+    sparsity_report,
+    structured_prune,
+    tensor_bytes,
+    torchao_quantize,
+    unpack_int4,
+    zeropoint_dequantize,
+    zeropoint_quantize,
+)
+
+TOL = 1e-6  # float32 slack on the "<= scale / 2" bounds
+
+
+def tiny_gpt(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+# --- number formats by hand -------------------------------------------------------------------
+
+def test_qrange():
+    assert qrange(8) == (-127, 127)
+    assert qrange(4) == (-7, 7)
+    assert qrange(8, signed=False) == (0, 255)
+    assert qrange(4, signed=False) == (0, 15)
+    for bad in (1, 9, 8.0):
+        with pytest.raises(ValueError):
+            qrange(bad)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_absmax_per_tensor_error_bound(bits):
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(bits)) * 3
+    q, scale = absmax_quantize(x, bits)
+    assert q.dtype == torch.int8 and scale.shape == ()
+    qmax = 2 ** (bits - 1) - 1
+    assert int(q.abs().max()) == qmax  # the largest |x| uses the full range
+    err = (absmax_dequantize(q, scale) - x).abs()
+    assert float(err.max()) <= float(scale) / 2 + TOL
+    assert torch.allclose(scale, x.abs().max() / qmax)
+
+
+def test_absmax_worked_example():
+    x = torch.tensor([0.5, -1.27, 0.0, 1.0])
+    q, scale = absmax_quantize(x, 8)
+    assert torch.isclose(scale, torch.tensor(0.01))
+    assert q.tolist() == [50, -127, 0, 100]
+
+
+def test_absmax_per_channel_and_zero_rows():
+    w = torch.randn(6, 10)
+    w[2] = 0.0
+    q, scale = absmax_quantize(w, 8, dim=-1)
+    assert scale.shape == (6, 1)
+    w_hat = absmax_dequantize(q, scale)
+    assert torch.all((w_hat - w).abs() <= scale / 2 + TOL)
+    assert torch.equal(w_hat[2], torch.zeros(10))  # no 0/0
+    assert torch.isfinite(w_hat).all()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_zeropoint_error_bound_and_exact_zero(bits):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 50, generator=g) * 4 - 1  # skewed range [-1, 3]
+    x[0, 0] = 0.0
+    q, scale, zp = zeropoint_quantize(x, bits, dim=-1)
+    assert q.dtype == torch.uint8 and zp.dtype == torch.uint8
+    assert scale.shape == zp.shape == (8, 1)
+    assert int(q.max()) <= 2**bits - 1
+    x_hat = zeropoint_dequantize(q, scale, zp)
+    assert torch.all((x_hat - x).abs() <= scale / 2 + TOL)
+    assert float(x_hat[0, 0]) == 0.0  # zero is exactly representable
+    # an all-positive tensor still has 0 in its range: zero point 0
+    q2, s2, z2 = zeropoint_quantize(torch.tensor([1.0, 2.0, 3.0]), bits)
+    assert int(z2) == 0 and torch.allclose(zeropoint_dequantize(q2, s2, z2), torch.tensor([1.0, 2.0, 3.0]), atol=float(s2) / 2 + TOL)
+
+
+def test_zeropoint_beats_absmax_on_skewed_data():
+    x = torch.rand(10000, generator=torch.Generator().manual_seed(2))  # all in [0, 1]
+    qa, sa = absmax_quantize(x, 4)
+    qz, sz, zz = zeropoint_quantize(x, 4)
+    err_a = (absmax_dequantize(qa, sa) - x).abs().mean()
+    err_z = (zeropoint_dequantize(qz, sz, zz) - x).abs().mean()
+    assert err_z < err_a  # 16 levels over [0, 1] instead of 8 used levels
+
+
+# --- group-wise --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
+@pytest.mark.parametrize("bits,group_size", [(8, None), (8, 16), (4, 32), (4, 8)])
+def test_groups_shapes_and_bound(scheme, bits, group_size):
+    w = torch.randn(12, 64, generator=torch.Generator().manual_seed(3))
+    q, scale, zp = quantize_groups(w, bits, group_size, scheme)
+    n_groups = 1 if group_size is None else 64 // group_size
+    assert q.shape == w.shape and scale.shape == (12, n_groups)
+    assert (zp is None) == (scheme == "absmax")
+    w_hat = dequantize_groups(q, scale, zp)
+    per_elem_scale = scale.repeat_interleave(64 // n_groups, dim=1)
+    assert torch.all((w_hat - w).abs() <= per_elem_scale / 2 + TOL)
+
+
+def test_smaller_groups_smaller_error():
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(4))
+    errs = [(dequantize_groups(*quantize_groups(w, 4, g)) - w).pow(2).mean() for g in (None, 128, 32)]
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_bad_group_sizes():
+    w = torch.randn(4, 96)
+    for bad in (0, -32, 7, 64, 2.0, True):
+        with pytest.raises(ValueError, match="group_size"):
+            quantize_groups(w, 8, bad)
+    with pytest.raises(ValueError, match="divisor of 96"):
+        check_group_size(96, 64)
+    assert check_group_size(96, None) == 96 and check_group_size(96, 32) == 32
+    with pytest.raises(ValueError, match="scheme"):
+        quantize_groups(w, 8, None, "minmax")
+
+
+# --- int4 packing ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 33])
+def test_int4_pack_roundtrip_signed_and_unsigned(n):
+    g = torch.Generator().manual_seed(n)
+    s = torch.randint(-8, 8, (3, n), generator=g, dtype=torch.int8)
+    p = pack_int4(s)
+    assert p.dtype == torch.uint8 and p.shape == (3, (n + 1) // 2)
+    assert torch.equal(unpack_int4(p, n, signed=True), s)
+    u = torch.randint(0, 16, (3, n), generator=g).to(torch.uint8)
+    assert torch.equal(unpack_int4(pack_int4(u), n, signed=False), u)
+
+
+def test_int4_pack_layout_and_errors():
+    assert pack_int4(torch.tensor([1, 2], dtype=torch.int8)).tolist() == [0x21]  # low nibble first
+    assert pack_int4(torch.tensor([-1, 0, 5], dtype=torch.int8)).tolist() == [0x0F, 0x05]
+    with pytest.raises(ValueError, match=r"\[-8, 7\]"):
+        pack_int4(torch.tensor([8], dtype=torch.int8))
+    with pytest.raises(ValueError, match=r"\[0, 15\]"):
+        pack_int4(torch.tensor([16], dtype=torch.uint8))
+    with pytest.raises(ValueError, match="integer"):
+        pack_int4(torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="n=5"):
+        unpack_int4(torch.zeros(2, dtype=torch.uint8), 5)
+    with pytest.raises(ValueError, match="uint8"):
+        unpack_int4(torch.zeros(2, dtype=torch.int8), 4)
+
+
+# --- QuantLinear and quantize_model -----------------------------------------------------------
+
+@pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
+@pytest.mark.parametrize("bits,group_size,rtol", [(8, None, 0.02), (8, 32, 0.02), (4, 32, 0.2), (4, None, 0.25)])
+def test_quantlinear_close_to_fp32(bits, group_size, rtol, scheme):
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48)
+    x = torch.randn(5, 7, 64)
+    ql = QuantLinear.from_linear(lin, bits, group_size, scheme)
+    y, y_q = lin(x), ql(x)
+    assert y_q.shape == (5, 7, 48)
+    rel = (y_q - y).norm() / y.norm()
+    assert rel < rtol
+    # the stored weight dequantizes within scale / 2 of the original
+    scale = ql.scale.repeat_interleave(64 // ql.scale.size(1), dim=1)
+    assert torch.all((ql.dequantize_weight() - lin.weight).abs() <= scale / 2 + TOL)
+    expect_q = (48, 32) if bits == 4 else (48, 64)
+    assert tuple(ql.qweight.shape) == expect_q
+    assert ql.qweight.dtype == (torch.int8 if bits == 8 and scheme == "absmax" else torch.uint8)
+
+
+def test_quantlinear_odd_in_features_int4_and_no_bias():
+    lin = nn.Linear(15, 4, bias=False)
+    ql = QuantLinear.from_linear(lin, 4)
+    assert ql.qweight.shape == (4, 8) and ql.bias is None
+    x = torch.randn(3, 15)
+    assert torch.allclose(ql(x), x @ ql.dequantize_weight().T)
+    with pytest.raises(ValueError, match="8-bit or 4-bit"):
+        QuantLinear(8, 8, bits=3)
+
+
+def test_size_accounting_exact_on_known_layer():
+    lin = nn.Linear(128, 64)
+    assert model_size_bytes(lin) == 4 * (128 * 64 + 64)
+    q8 = QuantLinear.from_linear(lin, 8)
+    assert model_size_bytes(q8) == 128 * 64 + 4 * 64 + 4 * 64  # int8 weight + fp32 scales + fp32 bias
+    q4 = QuantLinear.from_linear(lin, 4, group_size=32)
+    assert model_size_bytes(q4) == 128 * 64 // 2 + 4 * 64 * 4 + 4 * 64
+    q4z = QuantLinear.from_linear(lin, 4, group_size=32, scheme="zeropoint")
+    assert model_size_bytes(q4z) == model_size_bytes(q4) + 64 * 4  # one uint8 zero point per group
+    q8h = QuantLinear.from_linear(lin, 8, scale_dtype=torch.float16)
+    assert model_size_bytes(q8h) == 128 * 64 + 2 * 64 + 4 * 64
+    assert tensor_bytes(torch.zeros(3, 5, dtype=torch.float16)) == 30
+
+
+def test_tied_weights_counted_once_and_lm_head_skipped():
+    m = tiny_gpt()
+    assert model_size_bytes(m) == 4 * m.num_params()
+    mq = quantize_model(m, 8)
+    assert isinstance(mq.lm_head, nn.Linear) and not isinstance(mq.lm_head, QuantLinear)
+    assert mq.lm_head.weight is mq.transformer.wte.weight  # still tied, still fp32
+    assert all(isinstance(mod, QuantLinear) for n, mod in mq.named_modules() if n.endswith(("c_attn", "c_proj", "fc", "proj")))
+    assert not any(isinstance(mod, QuantLinear) for mod in m.modules())  # original untouched
+    report = quantized_layer_bytes(m, mq)
+    assert report["n_layers"] == 4 * m.config.n_layer
+    assert report["before_bytes"] - report["after_bytes"] == model_size_bytes(m) - model_size_bytes(mq)
+    assert report["ratio"] < 0.3
+
+
+def test_quantize_model_errors_and_options():
+    m = tiny_gpt()
+    with pytest.raises(ValueError, match="transformer.h.0.attn.c_attn"):
+        quantize_model(m, 4, group_size=12)  # does not divide 32
+    assert not any(isinstance(mod, QuantLinear) for mod in m.modules())
+    mq = quantize_model(m, 4, group_size=16, skip=("lm_head", "transformer.h.1.*"))
+    assert isinstance(mq.transformer.h[0].mlp.fc, QuantLinear)
+    assert not isinstance(mq.transformer.h[1].mlp.fc, QuantLinear)
+    single = quantize_model(nn.Linear(32, 8), 8)
+    assert isinstance(single, QuantLinear)
+    same = quantize_model(m, 8, inplace=True)
+    assert same is m and isinstance(m.transformer.h[0].attn.c_attn, QuantLinear)
+
+
+@pytest.mark.parametrize("bits,group_size", [(8, None), (4, 16)])
+def test_quantized_gpt_still_generates(bits, group_size):
+    m = tiny_gpt()
+    mq = quantize_model(m, bits, group_size)
+    idx = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))
+    out = generate(mq, idx, 12, temperature=0.0)
+    assert out.shape == (2, 17) and torch.equal(out[:, :5], idx)
+    # cached and uncached decoding agree on the quantized model too
+    assert torch.equal(out, generate(mq, idx, 12, temperature=0.0, use_cache=False))
+    logits, _ = m(idx)
+    logits_q, _ = mq(idx)
+    assert (logits_q - logits).abs().max() < (0.05 if bits == 8 else 0.5)
+
+
+# --- library paths -----------------------------------------------------------------------------
+
+def test_dynamic_quantize_linear_stack():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 16)).eval()
+    x = torch.randn(4, 64)
+    dq = dynamic_quantize(model)
+    assert is_quantized_module(dq[0]) and is_quantized_module(dq[2]) and isinstance(model[0], nn.Linear)
+    assert (dq(x) - model(x)).abs().max() < 0.05
+    report = quantized_layer_bytes(model, dq)
+    # qint8 weight + double scale + int64 zero point + fp32 bias, per layer
+    assert report["after_bytes"] == (64 * 128 + 16 + 4 * 128) + (128 * 16 + 16 + 4 * 16)
+    skipped = dynamic_quantize(model, skip=("2",))
+    assert is_quantized_module(skipped[0]) and isinstance(skipped[2], nn.Linear)
+
+
+def test_quantized_engine_restores_and_rejects_unknown():
+    before = torch.backends.quantized.engine
+    with pytest.raises(ValueError, match="not available"):
+        with quantized_engine("no-such-engine"):
+            pass
+    with quantized_engine(None):
+        assert torch.backends.quantized.engine == before
+    assert torch.backends.quantized.engine == before
+
+
+def test_torchao_int8_weight_only_or_fallback():
+    m = tiny_gpt()
+    idx = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(1))
+    mt, label = torchao_quantize(m, 8)  # torchao Int8WeightOnlyConfig, or lmkit's with a warning
+    assert isinstance(label, str) and label
+    report = quantized_layer_bytes(m, mt)
+    assert report["n_layers"] == 4 * m.config.n_layer and report["ratio"] < 0.3
+    assert (mt(idx)[0] - m(idx)[0]).abs().max() < 0.05
+    assert generate(mt, idx, 4, temperature=0.0).shape == (1, 10)
+
+
+def test_torchao_fallback_message(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torchao(name, *a, **kw):
+        if name.startswith("torchao"):
+            raise ImportError("simulated: no torchao")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchao)
+    m = tiny_gpt()
+    with pytest.warns(RuntimeWarning, match="falling back to lmkit"):
+        mt, label = torchao_quantize(m, 8)
+    assert label.startswith("lmkit fallback") and isinstance(mt.transformer.h[0].mlp.fc, QuantLinear)
+    with pytest.raises(RuntimeError, match="simulated"):
+        torchao_quantize(m, 8, fallback=False)
+
+
+# --- pruning -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_magnitude_prune_sparsity(scope):
+    m = tiny_gpt()
+    pruned = magnitude_prune(m, 0.5, scope=scope)
+    rep = sparsity_report(pruned, skip=("lm_head",))
+    assert abs(rep["sparsity"] - 0.5) < 1e-3
+    if scope == "layer":
+        assert all(abs(r["sparsity"] - 0.5) < 1e-2 for r in rep["layers"])
+    assert sparsity_report(m, skip=("lm_head",))["sparsity"] == 0.0  # original untouched
+    assert not any(n.endswith("weight_orig") for n, _ in pruned.named_parameters())  # permanent
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight
+    assert float((pruned.transformer.wte.weight == 0).float().mean()) == 0.0
+    # the smallest weights went: every surviving |w| >= every pruned original |w| (per layer)
+    lin, orig = pruned.transformer.h[0].mlp.fc, m.transformer.h[0].mlp.fc
+    if scope == "layer":
+        kept = orig.weight[lin.weight != 0].abs()
+        gone = orig.weight[lin.weight == 0].abs()
+        assert kept.min() >= gone.max()
+
+
+def test_magnitude_prune_mask_kept_when_not_permanent():
+    m = magnitude_prune(tiny_gpt(), 0.3, permanent=False)
+    names = [n for n, _ in m.named_buffers()]
+    assert any(n.endswith("weight_mask") for n in names)
+    assert abs(sparsity_report(m, skip=("lm_head",))["sparsity"] - 0.3) < 1e-2
+
+
+def test_structured_prune_rows():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 40), nn.ReLU(), nn.Linear(40, 8))
+    pruned = structured_prune(model, 0.25, dim=0)
+    rep = sparsity_report(pruned)
+    assert rep["layers"][0]["zero_rows"] == 10 and rep["layers"][1]["zero_rows"] == 2
+    assert abs(rep["sparsity"] - 0.25) < 1e-6
+    cols = sparsity_report(structured_prune(model, 0.5, dim=1))
+    assert cols["layers"][0]["zero_cols"] == 8
+    with pytest.raises(ValueError, match="amount"):
+        structured_prune(model, 1.5)
+    with pytest.raises(ValueError, match="dim"):
+        structured_prune(model, 0.5, dim=2)
+
+
+# --- distillation ------------------------------------------------------------------------------
+
+def test_distillation_loss_properties():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 5, 11, generator=g)
+    assert float(distillation_loss(t, t.clone())) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(t + 3.0, t)) == pytest.approx(0.0, abs=1e-5)  # shift-invariant
+    s = torch.randn(2, 5, 11, generator=g, requires_grad=True)
+    for T in (1.0, 2.0, 4.0):
+        assert float(distillation_loss(s, t, T)) > 0
+    # T = 1: plain KL(teacher || student), averaged over positions
+    p_t, log_p_s = t.softmax(-1), s.log_softmax(-1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
+    assert torch.allclose(distillation_loss(s, t, 1.0), kl, atol=1e-6)
+    # the T^2 factor: at temperature T the loss is T^2 * KL of the softened distributions
+    T = 3.0
+    p_t3, log_p_s3 = (t / T).softmax(-1), (s / T).log_softmax(-1)
+    kl3 = (p_t3 * (p_t3.log() - log_p_s3)).sum(-1).mean()
+    assert torch.allclose(distillation_loss(s, t, T), T**2 * kl3, atol=1e-5)
+    distillation_loss(s, t, 2.0).backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    with pytest.raises(ValueError, match="same shape"):
+        distillation_loss(s, t[..., :10])
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(s, t, 0.0)
+
+
+def test_distillation_objective_mixes_and_masks():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 4, 7, generator=g), torch.randn(2, 4, 7, generator=g)
+    y = torch.randint(0, 7, (2, 4), generator=g)
+    ce = torch.nn.functional.cross_entropy(s.view(-1, 7), y.view(-1))
+    assert torch.allclose(distillation_objective(s, t, y, alpha=0.0), ce)
+    assert torch.allclose(distillation_objective(s, t, y, alpha=1.0), distillation_loss(s, t))
+    y_masked = y.clone()
+    y_masked[:, 2:] = -100
+    keep = (y_masked != -100).view(-1)
+    soft = distillation_loss(s.view(-1, 7)[keep], t.view(-1, 7)[keep])
+    assert torch.allclose(distillation_objective(s, t, y_masked, alpha=1.0), soft)
+    with pytest.raises(ValueError, match="alpha"):
+        distillation_objective(s, t, y, alpha=2.0)
