@@ -228,9 +228,24 @@ def _validation_message(errors: list[dict]) -> tuple[str, list[dict]]:
 # The app.
 
 
-def _request_models(limits: ServerLimits, vocab_size: int, max_prompt_tokens: int):
-    """Pydantic models of the request and the answers; the limits appear in the OpenAPI schema."""
+def _vocabulary_pattern(tokenizer) -> str | None:
+    """A regex of the prompts a character tokenizer (without ``unk``) accepts, for the schema."""
+    chars = getattr(tokenizer, "chars", None)
+    if getattr(tokenizer, "kind", None) != "char" or getattr(tokenizer, "unk", None) is not None or not chars:
+        return None
+    return "^[" + "".join("\\" + c if c in "\\[]^-" else c for c in chars) + "]+$"
+
+
+def _request_models(limits: ServerLimits, tokenizer, max_prompt_tokens: int):
+    """Pydantic models of the request and the answers; the limits appear in the OpenAPI schema.
+
+    For a character tokenizer the schema also documents the accepted characters as a ``pattern``;
+    the server checks them itself, so that the 422 names the offending characters.
+    """
     from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    vocab_size = tokenizer.vocab_size
+    pattern = _vocabulary_pattern(tokenizer)
 
     class GenerateRequest(BaseModel):
         """What to generate. Unknown fields, wrong types and out-of-range values are rejected (422)."""
@@ -242,6 +257,7 @@ def _request_models(limits: ServerLimits, vocab_size: int, max_prompt_tokens: in
             max_length=limits.max_prompt_chars,
             description=f"Text to continue: 1 to {limits.max_prompt_chars} characters and at most "
             f"{max_prompt_tokens} tokens, every character known to the tokenizer.",
+            json_schema_extra={"pattern": pattern} if pattern else None,
         )
         max_new_tokens: int = Field(min(32, limits.max_new_tokens), ge=0, le=limits.max_new_tokens)
         temperature: float = Field(
@@ -302,7 +318,7 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
     device = next(model.parameters()).device
     config = model.config
     max_prompt_tokens = limits.max_prompt_tokens or config.block_size
-    GenerateRequest, GenerateResponse, ErrorResponse = _request_models(limits, tokenizer.vocab_size, max_prompt_tokens)
+    GenerateRequest, GenerateResponse, ErrorResponse = _request_models(limits, tokenizer, max_prompt_tokens)
     executor: ThreadPoolExecutor | None = None
     state = {"pending": 0, "served": 0}
 
