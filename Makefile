@@ -1,0 +1,43 @@
+# Shortcuts for the scripts under scripts/ (the scripts need only bash and Python 3.10+).
+#   make book                      set up .venv, build the HTML book into _build/html
+#   make test                      every test, as CI runs it (scripts/test.sh)
+#   make execute NB=book/chNN_x.ipynb   execute one notebook in place, top to bottom, offline
+#   make nbval NB=book/chNN_x.ipynb     re-check one notebook's NBVAL_CHECK_OUTPUT cells
+#   make status                    re-render book/status.md from book/status.json
+#   make lab                       open the chapters in JupyterLab
+#   make clean                     remove _build (the execution cache too) and _static/vendor
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NB ?=
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: setup book test execute nbval status lab clean
+
+setup:
+	bash scripts/setup.sh
+
+book:
+	bash scripts/book.sh
+
+test:
+	bash scripts/test.sh
+
+execute: setup
+	@test -n "$(NB)" || { echo "usage: make execute NB=book/chNN_slug.ipynb"; exit 2; }
+	$(OFFLINE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=600 --ExecutePreprocessor.kernel_name=python3 \
+	    --ExecutePreprocessor.record_timing=False $(NB)
+
+nbval: setup
+	@test -n "$(NB)" || { echo "usage: make nbval NB=book/chNN_slug.ipynb"; exit 2; }
+	$(OFFLINE) $(PY) -m pytest -p tests.nbval_plugin --nbval-lax --nbval-current-env $(NB)
+
+status:
+	$(PY) tests/notebook_status.py
+
+lab: setup
+	$(VENV)/bin/jupyter lab book/
+
+clean:
+	rm -rf _build _static/vendor
