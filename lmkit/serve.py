@@ -45,6 +45,7 @@ from lmkit.generate import generate
 
 MIN_TEMPERATURE = 1e-3  # below this (but above 0), logits / temperature overflow float32
 MAX_TEMPERATURE = 100.0
+MIN_TOP_P = 1e-6  # a top_p that rounds to 0 in float32 would drop every token in filter_logits
 
 
 @dataclass
@@ -268,7 +269,7 @@ def _request_models(limits: ServerLimits, tokenizer, max_prompt_tokens: int):
             description=f"0 = greedy decoding; otherwise at least {MIN_TEMPERATURE}.",
         )
         top_k: int | None = Field(None, ge=1, le=vocab_size, description="Keep the k most likely tokens.")
-        top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass.")
+        top_p: float | None = Field(None, ge=MIN_TOP_P, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass.")
         seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; drawn and returned if missing.")
 
         @field_validator("temperature")

@@ -208,7 +208,8 @@ BAD_JSON = {
     "tiny_temperature": ({"prompt": "hi", "temperature": 1e-300}, ["temperature", "0 (greedy) or at least"]),
     "top_k_zero": ({"prompt": "hi", "top_k": 0}, ["top_k", "greater than or equal to 1"]),
     "top_k_above_vocab": ({"prompt": "hi", "top_k": 1000}, ["top_k", f"less than or equal to {len(CHARS)}"]),
-    "top_p_zero": ({"prompt": "hi", "top_p": 0}, ["top_p", "greater than 0"]),
+    "top_p_zero": ({"prompt": "hi", "top_p": 0}, ["top_p", "greater than or equal to 0.000001"]),
+    "top_p_tiny": ({"prompt": "hi", "top_p": 5e-324}, ["top_p", "greater than or equal to 0.000001"]),
     "top_p_above_one": ({"prompt": "hi", "top_p": 1.5}, ["top_p", "less than or equal to 1"]),
     "negative_seed": ({"prompt": "hi", "seed": -1}, ["seed", "greater than or equal to 0"]),
     "seed_too_big": ({"prompt": "hi", "seed": 2**64}, ["seed", "less than or equal to"]),
@@ -295,7 +296,7 @@ def test_server_keeps_serving_after_bad_input(client, reference):
 
 @pytest.fixture(scope="module")
 def slow_url(checkpoint):
-    limits = ServerLimits(max_new_tokens=10**6, timeout_s=0.5, max_queue=1)
+    limits = ServerLimits(max_new_tokens=10**6, timeout_s=0.5)
     with BackgroundServer(create_app(checkpoint, limits)) as base:
         yield base
 
@@ -308,16 +309,17 @@ def test_time_limit_stops_generation(slow_url, reference):
         assert r.status_code == 503, r.text
         assert "time limit of 0.5 s" in r.json()["detail"] and "generation stopped" in r.json()["detail"]
         assert r.headers.get("retry-after") == "1"
-        assert took < 5
+        assert took < 10  # without the deadline: minutes
         # The worker is free again at once: generation really stopped.
         t0 = time.monotonic()
         r = c.post("/generate", json={"prompt": "abc", "max_new_tokens": 5, "seed": 0})
         assert r.status_code == 200 and r.json()["text"] == expected(reference, "abc", 5, seed=0)
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 5
 
 
-def test_full_queue_gets_503(slow_url):
-    with httpx.Client(base_url=slow_url, timeout=30) as c:
+def test_full_queue_gets_503(checkpoint):
+    limits = ServerLimits(max_new_tokens=10**6, timeout_s=1.5, max_queue=1)
+    with BackgroundServer(create_app(checkpoint, limits)) as base, httpx.Client(base_url=base, timeout=30) as c:
         slow = threading.Thread(target=c.post, args=("/generate",), kwargs={"json": {"prompt": "a", "max_new_tokens": 10**6}})
         slow.start()
         end = time.monotonic() + 5
