@@ -39,9 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lmkit.generate import generate
+# torch, FastAPI and uvicorn are imported where used: building the CLI parser stays instant.
 
 MIN_TEMPERATURE = 1e-3  # below this (but above 0), logits / temperature overflow float32
 MAX_TEMPERATURE = 100.0
@@ -300,11 +298,13 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
 
     The checkpoint is read by :func:`lmkit.checkpoint.load_model` (safetensors + JSON only).
     """
+    import torch
     from fastapi import FastAPI, HTTPException
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from lmkit.checkpoint import load_model
+    from lmkit.generate import generate
 
     limits = limits or ServerLimits()
     if isinstance(checkpoint, (str, Path)):
@@ -516,13 +516,17 @@ def run_server(args: argparse.Namespace) -> None:
     Bad limits or an unreadable checkpoint exit with a one-line message instead of a traceback.
     """
     try:
+        import torch
+        import uvicorn
+
         limits = limits_from_args(args)
         if args.threads:
             torch.set_num_threads(args.threads)
         app = create_app(args.checkpoint, limits, device=args.device)
+    except ImportError as e:
+        raise SystemExit(f"lmkit serve: {e}; install the server extras: pip install 'lmkit[serve]'")
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"lmkit serve: error: {e}")
-    import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
 

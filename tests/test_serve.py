@@ -440,12 +440,13 @@ def test_cli_flags_and_errors(tmp_path, capsys):
 
 
 def test_cli_serves_in_a_subprocess(checkpoint, reference):
+    """``python -m lmkit serve`` (the CLI wires add_serve_arguments + run_server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmkit.serve", "--checkpoint", str(checkpoint), "--port", str(port),
+        [sys.executable, "-m", "lmkit", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
          "--threads", "1", "--log-level", "warning"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
