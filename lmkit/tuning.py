@@ -172,14 +172,15 @@ def eval_loss(model, ids: torch.Tensor, batches: int = 4, batch_size: int = 32) 
 
 def train_run(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, lr: float = 3e-3, steps: int = 100,
               batch_size: int = 16, block_size: int = 64, n_layer: int = 2, n_embd: int = 64, schedule: str = "cosine",
-              weight_decay: float = 0.0, seed: int = 0, eval_batches: int = 4, **schedule_kw) -> dict:
+              weight_decay: float = 0.0, seed: int = 0, eval_batches: int = 4, device: str = "cpu",
+              **schedule_kw) -> dict:
     """Train a fresh seeded tiny GPT with these hyper-parameters; the unit of every search.
 
     Returns ``{"val_loss", "train_loss" (list), "lr" (list), "params"}``. Explained in chapter 14.
     """
     model = make_gpt(vocab_size, block_size, n_layer, n_embd, seed=seed)
     lrs = schedule_lrs(schedule, lr, steps, **schedule_kw)
-    hist = train_steps(model, train_ids, steps, lambda s: lrs[s], batch_size, seed, weight_decay)
+    hist = train_steps(model, train_ids, steps, lambda s: lrs[s], batch_size, seed, weight_decay, device=device)
     diverged = len(hist["loss"]) < steps or not math.isfinite(hist["loss"][-1])
     val = float("inf") if diverged else eval_loss(model, val_ids, eval_batches)
     return {"val_loss": val, "train_loss": hist["loss"], "lr": hist["lr"], "params": non_embedding_params(model)}
