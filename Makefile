@@ -5,7 +5,7 @@
 #   make nbval NB=book/chNN_x.ipynb     re-check one notebook's NBVAL_CHECK_OUTPUT cells
 #   make status                    re-render book/status.md from book/status.json
 #   make lab                       open the chapters in JupyterLab
-#   make clean                     remove _build (the execution cache too) and _static/vendor
+#   make clean                     remove _build (the execution cache too) and _vendor (fetched JavaScript)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -40,4 +40,4 @@ lab: setup
 	$(VENV)/bin/jupyter lab book/
 
 clean:
-	rm -rf _build _static/vendor
+	rm -rf _build _vendor

@@ -38,6 +38,10 @@ def main() -> int:
     if args.no_execute:
         cfg = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
         cfg.setdefault("execute", {})["execute_notebooks"] = "off"
+        # Jupyter Book resolves local_extensions paths against the config file's folder.
+        local = cfg.get("sphinx", {}).get("local_extensions") or {}
+        for name, path in local.items():
+            local[name] = str((ROOT / path).resolve())
         BUILD.mkdir(exist_ok=True)
         tmp = BUILD / "_config.no-execute.yml"
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")

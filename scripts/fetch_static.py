@@ -5,7 +5,8 @@ The default Jupyter Book HTML loads MathJax and the widget manager from CDNs, so
 would show raw TeX and empty widgets without internet. This script takes pinned releases from the
 npm registry (with ``npm pack``, which checks the registry's integrity hash; without npm, the same
 tarball over HTTPS with the same check) and unpacks the files the book needs into
-``_static/vendor/`` (git-ignored; _config.yml points Sphinx at it). It does nothing when the
+``_vendor/offline/`` (git-ignored; _config.yml points Sphinx at it; the build serves it
+as ``_static/offline/``). It does nothing when the
 pinned versions are already there.
 
     python scripts/fetch_static.py [--force]
@@ -27,10 +28,12 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VENDOR = ROOT / "_static" / "vendor"
+# html_static_path entry (copied into _build/html/_static/). Not `_static/`: Jupyter Book adds
+# every .js file under the static paths to every page once a `_static/` folder exists at the root.
+VENDOR = ROOT / "_vendor" / "offline"
 REGISTRY = "https://registry.npmjs.org"
 
-# name, version, {member prefix inside the tarball: destination folder under _static/vendor}
+# name, version, {member prefix inside the tarball: destination under _vendor/offline}
 PACKAGES = [
     ("mathjax", "3.2.2", {"package/es5/": "mathjax/", "package/LICENSE": "mathjax/LICENSE"}),
     ("requirejs", "2.3.8", {"package/require.js": "requirejs/require.js"}),
@@ -113,7 +116,7 @@ def main() -> int:
             n = unpack(data, mapping)
             if n == 0:
                 raise RuntimeError(f"{spec}: no files matched {list(mapping)}")
-            print(f"fetch_static: {spec}: {n} files -> _static/vendor/ "
+            print(f"fetch_static: {spec}: {n} files -> _vendor/offline/ "
                   f"({'npm pack' if use_npm else 'registry over https'})")
     STAMP.write_text(json.dumps(wanted(), indent=1) + "\n")
     return 0
