@@ -25,9 +25,7 @@ test:
 
 execute: setup
 	@test -n "$(NB)" || { echo "usage: make execute NB=book/chNN_slug.ipynb"; exit 2; }
-	$(OFFLINE) $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=600 --ExecutePreprocessor.kernel_name=python3 \
-	    --ExecutePreprocessor.record_timing=False $(NB)
+	$(PY) scripts/execute_notebook.py $(NB)
 
 nbval: setup
 	@test -n "$(NB)" || { echo "usage: make nbval NB=book/chNN_slug.ipynb"; exit 2; }

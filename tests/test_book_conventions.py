@@ -1,0 +1,249 @@
+"""The book's conventions (docs/CONTRIBUTING.md), checked on every notebook of the book.
+
+Fast and static: nothing is executed here. papermill and nbval execute the notebooks
+(test_notebooks_papermill.py, scripts/test.sh); the build and the browser check the HTML.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from book_toc import (BOOK, ROOT, config, read_notebook, repository_branch, repository_url,
+                      source_of, toc, toc_docnames, toc_notebooks)
+
+NOTEBOOKS = toc_notebooks()
+BOOTSTRAP = """\
+# Bootstrap: on Colab, install lmkit from the repository; elsewhere it is already installed.
+import sys
+if "google.colab" in sys.modules:
+    %pip install -q "lmkit[apps,serve] @ git+{url}@{branch}"
+import lmkit"""
+MIN_INTRO_WORDS = 40
+MIN_EXERCISES = 3
+MAX_NOTEBOOK_BYTES = 10 * 2**20
+CJK = re.compile(r"[\u4e00-\u9fff]")
+SOLUTION = re.compile(r"^\*\*Solution to exercise (\d+)\*\*\s*$")
+DROPDOWN = re.compile(r"^(:{3,}|`{3,})\s*\{dropdown\}|:class:\s*dropdown", re.M)
+ERRATUM = re.compile(r"^(:{3,}|`{3,})\s*\{admonition\}\s*Erratum", re.M)
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def src(cell) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else source
+
+
+def tags(cell) -> list[str]:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def code_cells(nb) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+# --- the table of contents and the configuration ------------------------------------------
+
+def test_toc_entries_exist():
+    missing = [d for d in toc_docnames() if source_of(d) is None]
+    assert not missing, f"_toc.yml lists pages that do not exist: {missing}"
+    assert len(toc_docnames()) == len(set(toc_docnames())), "a page is listed twice"
+
+
+def test_every_notebook_is_in_the_toc():
+    listed = {str(p.relative_to(ROOT)) for p in NOTEBOOKS}
+    found = {str(p.relative_to(ROOT)) for p in BOOK.rglob("*.ipynb")
+             if ".ipynb_checkpoints" not in p.parts and "_build" not in p.parts}
+    assert not found - listed, f"notebooks under book/ missing from _toc.yml: {sorted(found - listed)}"
+
+
+def test_toc_shape():
+    data = toc()
+    assert data["format"] == "jb-book"
+    assert data["root"] == "book/intro"
+    assert data["parts"][0]["caption"] == "Getting started"
+    for part in data["parts"]:
+        assert part.get("chapters"), f"part {part.get('caption')!r} has no chapters"
+
+
+def test_config():
+    cfg = config()
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", repository_url())
+    assert repository_branch() == "main"
+    assert cfg["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert cfg["execute"]["raise_on_error"] is True
+    assert cfg["only_build_toc_files"] is True
+    for pattern in ("_build", ".*", "**/.*", ".venv", "lmkit", "tests", "docs", "scripts"):
+        assert pattern in cfg["exclude_patterns"], f"exclude_patterns lacks {pattern!r}"
+    sphinx = cfg.get("sphinx", {})
+    extensions = sphinx.get("extra_extensions") or []
+    assert "sphinx.ext.intersphinx" not in extensions, "intersphinx fetches inventories online"
+    for bib in cfg["bibtex_bibfiles"]:
+        assert (ROOT / bib).exists()
+    assert not (ROOT / "_static").exists() or not any((ROOT / "_static").rglob("*.js")), (
+        "Jupyter Book adds every .js file under a root _static/ (and the other static paths, "
+        "including the fetched MathJax) to every page; keep JavaScript out of _static/")
+
+
+def test_markdown_pages_have_a_title():
+    for docname in toc_docnames():
+        path = source_of(docname)
+        if path is not None and path.suffix == ".md":
+            first = path.read_text(encoding="utf-8").lstrip().splitlines()[0]
+            assert first.startswith("# "), f"{path.name} must start with a '# Title'"
+
+
+def test_references_bib_parses():
+    from pybtex.database import parse_file
+
+    bib = parse_file(str(BOOK / "references.bib"))
+    assert len(bib.entries) >= 20
+    for key, entry in bib.entries.items():
+        assert "title" in entry.fields and "year" in entry.fields, key
+
+
+# --- each notebook ---------------------------------------------------------------------------
+
+@pytest.fixture(params=NOTEBOOKS, ids=lambda p: p.stem)
+def notebook(request) -> tuple[Path, dict]:
+    path = request.param
+    return path, read_notebook(path)
+
+
+def test_valid_nbformat(notebook):
+    path, _ = notebook
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert path.stat().st_size < MAX_NOTEBOOK_BYTES, f"{path.name} is over 10 MiB"
+    kernel = nb.metadata.get("kernelspec", {})
+    assert kernel.get("name") == "python3", "kernelspec must be python3 (papermill, nbval)"
+    assert nb.metadata.get("language_info", {}).get("name") == "python", (
+        "language_info missing: the notebook was not executed in a Jupyter kernel")
+
+
+def test_title_and_introduction(notebook):
+    path, nb = notebook
+    first = nb["cells"][0]
+    assert first["cell_type"] == "markdown", "the first cell must be markdown: title + introduction"
+    lines = src(first).strip().splitlines()
+    assert lines and re.match(r"# \S", lines[0]), "the first cell must start with '# Title'"
+    intro = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            break
+        intro.append(src(cell))
+    words = len(" ".join(intro).split()) - len(lines[0].split())
+    assert words >= MIN_INTRO_WORDS, (
+        f"introduction before the first code cell has {words} words; say what the reader "
+        f"will learn (at least {MIN_INTRO_WORDS})")
+
+
+def test_bootstrap_then_parameters(notebook):
+    path, nb = notebook
+    code = code_cells(nb)
+    assert len(code) >= 2
+    expected = BOOTSTRAP.format(url=repository_url(), branch=repository_branch())
+    assert src(code[0]).rstrip() == expected, (
+        f"the first code cell must be the bootstrap, exactly:\n{expected}")
+    assert "parameters" in tags(code[1]), "the second code cell must be tagged 'parameters'"
+    assert sum("parameters" in tags(c) for c in code) == 1, "exactly one 'parameters' cell"
+
+
+def test_executed_in_order_without_errors(notebook):
+    path, nb = notebook
+    code = code_cells(nb)
+    empty = [i for i, c in enumerate(code) if not src(c).strip()]
+    assert not empty, f"empty code cells (remove them): {empty}"
+    counts = [c.get("execution_count") for c in code]
+    assert counts == list(range(1, len(code) + 1)), (
+        f"execution counts {counts} are not 1..{len(code)}: re-run top to bottom "
+        f"(make execute NB={path.relative_to(ROOT)})")
+    errors = [i for i, c in enumerate(code)
+              for out in c.get("outputs", []) if out.get("output_type") == "error"]
+    assert not errors, f"error outputs in code cells {errors}"
+
+
+def test_exercises_with_hidden_solutions(notebook):
+    path, nb = notebook
+    cells = nb["cells"]
+    heading = [i for i, c in enumerate(cells)
+               if c["cell_type"] == "markdown" and re.search(r"^## Exercises\s*$", src(c), re.M)]
+    assert heading, "no '## Exercises' section"
+    solved = []
+    for i, cell in enumerate(cells[heading[0]:], start=heading[0]):
+        if cell["cell_type"] != "markdown":
+            continue
+        text = src(cell).strip()
+        match = SOLUTION.match(text)
+        if match:
+            following = cells[i + 1] if i + 1 < len(cells) else None
+            assert following is not None and following["cell_type"] == "code" and \
+                "hide-input" in tags(following), (
+                    f"'{text}' must be followed by a code cell tagged 'hide-input'")
+            solved.append(int(match.group(1)))
+        solved.extend(["dropdown"] * len(DROPDOWN.findall(text)))
+    assert len(solved) >= MIN_EXERCISES, (
+        f"{len(solved)} hidden solutions; at least {MIN_EXERCISES} exercises with solutions "
+        "('**Solution to exercise N**' + a 'hide-input' code cell, or a {dropdown})")
+    numbers = [n for n in solved if n != "dropdown"]
+    assert len(numbers) == len(set(numbers)), f"solution numbers repeat: {numbers}"
+
+
+def test_chinese_terms(notebook):
+    path, nb = notebook
+    text = " ".join(src(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert CJK.search(text), "give the Chinese term beside key English terms: **term** (术语)"
+
+
+def test_nbval_markers(notebook):
+    path, nb = notebook
+    for i, cell in enumerate(code_cells(nb)):
+        text = src(cell)
+        cell_tags = tags(cell)
+        if "skip-execution" in cell_tags:
+            assert "nbval-skip" in cell_tags or "# NBVAL_SKIP" in text, (
+                f"code cell {i}: nbval ignores 'skip-execution'; add the 'nbval-skip' tag too")
+        if text.lstrip().startswith("# NBVAL_CHECK_OUTPUT"):
+            outputs = [o for o in cell.get("outputs", [])
+                       if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+            assert outputs, f"code cell {i} is checked by nbval but prints nothing on stdout"
+        elif "NBVAL_CHECK_OUTPUT" in text:
+            pytest.fail(f"code cell {i}: '# NBVAL_CHECK_OUTPUT' must be the cell's first line")
+
+
+def test_widgets_have_saved_state_and_a_static_figure(notebook):
+    path, nb = notebook
+    views = [out["data"][WIDGET_VIEW]["model_id"] for c in code_cells(nb)
+             for out in c.get("outputs", []) if WIDGET_VIEW in out.get("data", {})]
+    if not views:
+        return
+    state = nb["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    missing = [v for v in views if v not in state]
+    assert not missing, ("widget state not saved for views {missing}: execute with nbclient/"
+                         "nbconvert (it saves widget state) and commit the notebook")
+    images = [out for c in code_cells(nb) for out in c.get("outputs", [])
+              if any(k.startswith("image/") for k in out.get("data", {}))]
+    assert images, "a notebook with widgets needs a static figure beside them for the HTML book"
+
+
+def test_errata_are_recorded(notebook):
+    path, nb = notebook
+    text = "\n".join(src(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    n_errata = len(ERRATUM.findall(text))
+    if not n_errata:
+        return
+    chapter = re.match(r"(ch\d\d)", path.stem)
+    assert chapter, f"{path.name}: errata need a chNN_ file name"
+    errata = BOOK / "errata" / f"{chapter.group(1)}.yml"
+    assert errata.exists(), f"{path.name} has {n_errata} Erratum boxes but no {errata.relative_to(ROOT)}"
+    rows = yaml.safe_load(errata.read_text(encoding="utf-8"))
+    rows = rows.get("errata", rows) if isinstance(rows, dict) else rows
+    assert isinstance(rows, list) and rows, f"{errata.name}: expected a list of rows"
+    for row in rows:
+        missing = {"seed", "section", "claim", "correct", "cell"} - set(row)
+        assert not missing, f"{errata.name}: a row lacks {sorted(missing)}"
