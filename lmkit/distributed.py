@@ -228,6 +228,31 @@ def memory_table(models: dict[str, float], n_gpus: int = 8, precision: str = "mi
     return rows
 
 
+def bubble_fraction(stages: int, microbatches: int) -> float:
+    """Idle share of a GPipe schedule: (p - 1) / (m + p - 1) for p stages, m micro-batches. Chapter 17."""
+    if stages < 1 or microbatches < 1:
+        raise ValueError("stages and microbatches must be >= 1")
+    return (stages - 1) / (microbatches + stages - 1)
+
+
+def gpipe_schedule(stages: int, microbatches: int):
+    """GPipe's timetable (all forwards, then all backwards), one time slot per stage-step.
+
+    Returns an int array (stages, 2 * (microbatches + stages - 1)): entry ``m + 1`` = forward of
+    micro-batch ``m``, ``-(m + 1)`` = its backward, ``0`` = idle (the bubble). Chapter 17.
+    """
+    import numpy as np
+
+    p, m = stages, microbatches
+    span = m + p - 1
+    grid = np.zeros((p, 2 * span), dtype=int)
+    for s in range(p):
+        for k in range(m):
+            grid[s, s + k] = k + 1  # forward of micro-batch k reaches stage s at time s + k
+            grid[s, span + (p - 1 - s) + k] = -(m - k)  # backwards run last stage first, last micro-batch first
+    return grid
+
+
 def main(argv=None) -> None:
     """Entry point of the torchrun workers: ``python -m lmkit.distributed gradcheck --out DIR``."""
     parser = argparse.ArgumentParser(prog="python -m lmkit.distributed")

@@ -66,3 +66,21 @@ def test_train_memory_arithmetic():
         D.train_memory_bytes(n, 8, "DP", "fp8")
     rows = D.memory_table({"a": 1e9}, n_gpus=8)
     assert rows[0]["DP"] == pytest.approx(16e9 / 2**30)
+
+
+def test_gpipe_schedule_and_bubble():
+    import numpy as np
+
+    g = D.gpipe_schedule(4, 8)
+    assert g.shape == (4, 2 * 11)
+    for s in range(4):  # every stage runs each micro-batch forward and backward exactly once
+        assert sorted(g[s][g[s] > 0]) == list(range(1, 9))
+        assert sorted(-g[s][g[s] < 0]) == list(range(1, 9))
+    assert (g == 0).mean() == pytest.approx(D.bubble_fraction(4, 8))
+    assert D.bubble_fraction(1, 5) == 0.0
+    # the backward of micro-batch k on stage s comes after its backward on stage s + 1
+    for k in range(1, 9):
+        t = [int(np.where(g[s] == -k)[0][0]) for s in range(4)]
+        assert t == sorted(t, reverse=True)
+    with pytest.raises(ValueError):
+        D.bubble_fraction(0, 1)
