@@ -49,6 +49,7 @@ def dynamic_quantize(
     dtype: torch.dtype = torch.qint8,
     skip: Iterable[str] = (),
     engine: str | None = None,
+    per_channel: bool = False,
     inplace: bool = False,
 ) -> nn.Module:
     """PyTorch dynamic quantization of every ``nn.Linear`` (except ``skip``). Explained in chapter 15.
@@ -60,15 +61,30 @@ def dynamic_quantize(
             lmkit GPT pass ``skip=("lm_head",)`` to keep the tied output layer in fp32.
         engine: quantized engine to pack the weights for (see :func:`quantized_engine`); it is set
             only while converting, so run the model under the same engine.
+        per_channel: one weight scale per output row (``per_channel_dynamic_qconfig``) instead of one
+            per tensor (the default qconfig). Activations are always quantized per tensor, per batch,
+            to quint8 -- and on the x86/fbgemm engines with ``reduce_range=True`` (7 bits, to avoid
+            int16 overflow on CPUs without VNNI), which hurts layers whose inputs have outliers
+            (a BERT FFN's down-projection sees GELU outputs with max/std near 90).
         inplace: quantize ``model`` itself instead of a deep copy.
     Returns:
         The model with ``torch.ao.nn.quantized.dynamic.Linear`` layers; input/output shapes unchanged.
     """
-    from torch.ao.quantization import default_dynamic_qconfig, float16_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization import (
+        default_dynamic_qconfig,
+        float16_dynamic_qconfig,
+        per_channel_dynamic_qconfig,
+        quantize_dynamic,
+    )
 
     skip = tuple(skip)
-    qconfig = default_dynamic_qconfig if dtype == torch.qint8 else float16_dynamic_qconfig
-    if skip:
+    if dtype == torch.qint8:
+        qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    elif dtype == torch.float16:
+        qconfig = float16_dynamic_qconfig
+    else:
+        raise ValueError(f"dynamic quantization supports dtype torch.qint8 or torch.float16, got {dtype}")
+    if skip or per_channel:
         spec = {n: qconfig for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(n, skip)}
     else:
         spec = {nn.Linear}
