@@ -30,6 +30,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         probs = sorted_logits.softmax(-1)
         # drop a token when the tokens ranked above it already reach top_p
         drop = probs.cumsum(-1) - probs >= top_p
+        drop[..., 0] = False  # the most likely token always survives, however small top_p is
         drop_unsorted = torch.zeros_like(drop).scatter(-1, order, drop)
         logits = logits.masked_fill(drop_unsorted, float("-inf"))
     return logits

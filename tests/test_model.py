@@ -1,0 +1,129 @@
+"""GPT model: config validation, shapes, loss, explicit vs fused attention, init, KV cache."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmkit.models import GPT, GPTConfig, KVCache
+from lmkit.nn import attention
+
+
+def tiny(**kw):
+    base = dict(vocab_size=37, block_size=24, n_layer=2, n_head=2, n_embd=16)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(n_embd=30, n_head=4), "divisible by n_head"),
+        (dict(n_layer=0), "n_layer must be a positive integer"),
+        (dict(dropout=1.5), "dropout"),
+        (dict(pos_emb="alibi"), "pos_emb"),
+        (dict(attn_impl="flash"), "attn_impl"),
+        (dict(n_embd=18, n_head=2, pos_emb="rope"), "even head size"),
+    ],
+)
+def test_config_rejects_invalid_settings(kw, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**kw)
+
+
+def test_forward_shapes_and_loss():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    idx = torch.randint(0, 37, (3, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 10, 37) and loss is None
+    _, loss = model(idx, idx)
+    # a freshly initialised model predicts nearly uniformly: loss ~ log(vocab)
+    assert abs(loss.item() - math.log(37)) < 0.3
+
+
+def test_ignore_index():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    idx = torch.randint(0, 37, (2, 8))
+    targets = idx.clone()
+    targets[:, :4] = -100
+    logits, loss = model(idx, targets)
+    expected = F.cross_entropy(logits[:, 4:].reshape(-1, 37), idx[:, 4:].reshape(-1))
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_explicit_attention_matches_sdpa(pos_emb):
+    torch.manual_seed(0)
+    fused = GPT(tiny(pos_emb=pos_emb)).eval()
+    explicit = GPT(tiny(pos_emb=pos_emb, attn_impl="math")).eval()
+    explicit.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, 37, (2, 24))
+    assert torch.allclose(fused(idx)[0], explicit(idx)[0], atol=1e-5)
+
+
+def test_attention_function_matches_sdpa_with_masks():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    assert torch.allclose(attention(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6)
+    mask = torch.rand(5, 5) > 0.3
+    mask[:, 0] = True
+    assert torch.allclose(attention(q, k, v, mask=mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-6)
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    a = torch.randint(0, 37, (1, 12))
+    b = a.clone()
+    b[0, 8:] = (b[0, 8:] + 1) % 37
+    assert torch.allclose(model(a)[0][:, :8], model(b)[0][:, :8], atol=1e-6)
+
+
+def test_tied_embeddings_and_gpt2_init():
+    torch.manual_seed(0)
+    model = GPT(tiny(n_layer=4, n_embd=64, n_head=4, vocab_size=500))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert abs(model.transformer.wte.weight.std().item() - 0.02) < 0.002
+    proj = model.transformer.h[0].attn.c_proj.weight
+    assert abs(proj.std().item() - 0.02 / math.sqrt(8)) < 0.002
+    # parameters counted once although shared
+    assert model.num_params() == sum(p.numel() for p in set(model.parameters()))
+
+
+def test_parameter_count_formula():
+    c = tiny(n_layer=3, n_embd=32, n_head=4, vocab_size=50, block_size=16)
+    d, L = c.n_embd, c.n_layer
+    per_block = 12 * d * d + 13 * d  # qkv + proj + mlp weights and biases + 2 LayerNorms
+    expected = c.vocab_size * d + c.block_size * d + L * per_block + 2 * d
+    assert GPT(c).num_params() == expected
+
+
+def test_sequence_longer_than_context_gives_clear_error():
+    model = GPT(tiny())
+    with pytest.raises(ValueError, match="context window"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_kv_cache_logits_equal_full_forward(pos_emb):
+    torch.manual_seed(0)
+    model = GPT(tiny(pos_emb=pos_emb)).eval()
+    idx = torch.randint(0, 37, (2, 15))
+    full, _ = model(idx)
+    cache = KVCache(model.config, 2)
+    prefix, _ = model(idx[:, :6], cache=cache)  # prefill
+    chunk, _ = model(idx[:, 6:9], cache=cache)  # several tokens after a prefix
+    steps = [model(idx[:, t : t + 1], cache=cache)[0] for t in range(9, 15)]
+    cached = torch.cat([prefix, chunk, *steps], dim=1)
+    assert torch.allclose(full, cached, atol=1e-5)
+
+
+def test_attention_maps_rows_sum_to_one_and_are_causal():
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    maps = model.attention_maps(torch.randint(0, 37, (1, 7)))
+    assert maps.shape == (2, 1, 2, 7, 7)
+    assert torch.allclose(maps.sum(-1), torch.ones(2, 1, 2, 7), atol=1e-5)
+    assert maps.triu(diagonal=1).abs().max() == 0
