@@ -8,6 +8,9 @@
   :func:`random_search` and :func:`optuna_search` minimise any objective over a search space.
 - :func:`scaling_study`, :func:`fit_power_law`, :func:`compute_frontier`: train several model sizes
   on the same data and fit ``L(N) = a N^-alpha + c``.
+- :func:`chinchilla_loss`, :func:`isoflop_optimum`, :func:`isoflop_view`, :func:`isoflop_widget`,
+  :func:`plot_isoflop_grid`: the fitted Chinchilla loss along curves of constant compute, with a
+  slider and its static small multiples.
 """
 from __future__ import annotations
 
@@ -336,3 +339,75 @@ def compute_frontier(records: list[dict]) -> tuple[list[float], list[float]]:
             xs.append(f)
             ys.append(l)
     return xs, ys
+
+
+# --------------------------------------------------------------------------------------------
+# The Chinchilla loss surface: an isoFLOP view, its widget and its static small multiples
+# --------------------------------------------------------------------------------------------
+
+CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. 2022, approach 3
+
+
+def chinchilla_loss(n, d, E: float = 1.69, A: float = 406.4, B: float = 410.7, alpha: float = 0.34,
+                    beta: float = 0.28):
+    """Fitted loss ``E + A / N^alpha + B / D^beta`` of Hoffmann et al. (numbers or arrays). Chapter 14."""
+    n = np.asarray(n, dtype=float)
+    d = np.asarray(d, dtype=float)
+    return E + A / n**alpha + B / d**beta
+
+
+def isoflop_optimum(compute: float, n_min: float = 1e6, n_max: float = 1e13, points: int = 4001) -> dict:
+    """Model size minimising :func:`chinchilla_loss` at fixed compute ``C = 6 N D`` (log grid search).
+
+    Returns ``{"n", "d", "loss", "tokens_per_param"}``. Chapter 14.
+    """
+    n = np.geomspace(n_min, n_max, points)
+    d = compute / (6 * n)
+    loss = chinchilla_loss(n, d)
+    i = int(np.argmin(loss))
+    return {"n": float(n[i]), "d": float(d[i]), "loss": float(loss[i]), "tokens_per_param": float(d[i] / n[i])}
+
+
+def isoflop_view(compute: float = 1e21, ax=None):
+    """Loss against model size at fixed compute: the isoFLOP curve, its optimum and the 20-tokens rule.
+
+    Draws on ``ax`` (or a new figure) and returns the figure. Chapter 14.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+    opt = isoflop_optimum(compute)
+    n = np.geomspace(opt["n"] / 300, opt["n"] * 300, 200)
+    ax.plot(n, chinchilla_loss(n, compute / (6 * n)), color="C0")
+    ax.plot(opt["n"], opt["loss"], "o", color="C3", label=f"optimum N={opt['n']:.2g} ({opt['tokens_per_param']:.0f} tok/param)")
+    n20 = math.sqrt(compute / 120)
+    ax.plot(n20, float(chinchilla_loss(n20, 20 * n20)), "s", color="C2", label=f"D = 20N: N={n20:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N (D = C / 6N)")
+    ax.set_ylabel("fitted loss")
+    ax.set_title(f"C = {compute:.0e} FLOPs", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig if fig is not None else ax.figure
+
+
+def isoflop_widget():
+    """A log slider over the compute budget driving :func:`isoflop_view`. Chapter 14."""
+    import ipywidgets as W
+
+    from lmkit.viz import _show
+
+    c = W.FloatLogSlider(value=1e21, base=10, min=17, max=25, step=0.5, description="FLOPs")
+    return W.interactive(lambda compute: _show(isoflop_view(compute)), compute=c)
+
+
+def plot_isoflop_grid(budgets=(1e18, 1e20, 1e22, 1e24)):
+    """Small multiples of :func:`isoflop_view`, one panel per compute budget. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(budgets), figsize=(3.6 * len(budgets), 3.2))
+    for ax, c in zip(np.atleast_1d(axes), budgets):
+        isoflop_view(c, ax=ax)
+    fig.tight_layout()
+    return fig
