@@ -1,0 +1,41 @@
+import math
+
+import pytest
+
+from lmkit.apps.code import BENCHMARK, parse_rate, parses, pass_at_k, run_tests, score_completions, truncate_completion
+
+
+def test_parses():
+    assert parses("def f(x):\n    return x\n")
+    assert not parses("def f(x) return x")
+    assert parse_rate(["x = 1", "x = = 1", "pass", "("]) == 0.5
+    assert parse_rate([]) == 0.0
+
+
+def test_pass_at_k_matches_the_binomial_formula():
+    for n, c, k in [(10, 3, 1), (10, 3, 5), (20, 0, 4), (5, 5, 5), (7, 2, 3)]:
+        exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+        assert pass_at_k(n, c, k) == pytest.approx(exact)
+    assert pass_at_k(10, 1, 1) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 5)
+
+
+def test_run_tests_statuses():
+    assert run_tests("def f():\n    return 1", "assert f() == 1")["status"] == "passed"
+    assert run_tests("def f():\n    return 2", "assert f() == 1")["status"] == "failed"
+    assert run_tests("def f(:\n    return 2", "assert f() == 1")["status"] == "error"
+    assert run_tests("def f():\n    return 1 / 0", "f()")["status"] == "error"
+    assert run_tests("while True:\n    pass", "", timeout=1.0)["status"] == "timeout"
+
+
+def test_truncate_completion():
+    assert truncate_completion("    return a\n\n    # c\ndef g():\n    pass") == "    return a\n\n    # c"
+
+
+def test_benchmark_reference_passes_and_wrong_fails():
+    assert len(BENCHMARK) == 10
+    ref = score_completions(BENCHMARK, {p.name: [p.reference] for p in BENCHMARK}, ks=(1,))
+    bad = score_completions(BENCHMARK, {p.name: [p.wrong] for p in BENCHMARK}, ks=(1,))
+    assert ref["pass@k"][1] == 1.0
+    assert bad["pass@k"][1] == 0.0
