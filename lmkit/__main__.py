@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks against transformers (JSON)", description="Benchmarks, JSON out.")
     p.add_argument("--quant", action="store_true", help="quantization benchmark instead")
     p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.set_defaults(func=cmd_bench)
 

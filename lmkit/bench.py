@@ -16,7 +16,8 @@ import time
 import torch
 
 
-def _train_tokens_per_s(model, forward, batch, steps: int) -> float:
+def _train_stepper(model, forward, batch):
+    """One optimizer step of ``model`` on ``batch`` per call."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = batch
     model.train()
@@ -27,15 +28,25 @@ def _train_tokens_per_s(model, forward, batch, steps: int) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(3):  # warm-up
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * x.numel() / (time.perf_counter() - t0)
+    return step
 
 
-def bench_training(steps: int = 20, n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=32, vocab_size=512):
+def _interleaved_tokens_per_s(steppers: dict, tokens_per_step: int, steps: int, rounds: int = 3) -> dict:
+    """Best-of-rounds tokens/s; the contenders alternate so that load on the machine hits both."""
+    for step in steppers.values():  # warm-up
+        for _ in range(3):
+            step()
+    best = {name: 0.0 for name in steppers}
+    for _ in range(rounds):
+        for name, step in steppers.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            best[name] = max(best[name], steps * tokens_per_step / (time.perf_counter() - t0))
+    return best
+
+
+def bench_training(steps: int = 10, n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=32, vocab_size=512):
     """Training throughput of lmkit vs transformers on one configuration (ANCHORS.md's CPU one)."""
     from lmkit.models import GPT, GPTConfig
     from lmkit.pretrained import to_hf_gpt2
@@ -47,14 +58,18 @@ def bench_training(steps: int = 20, n_layer=4, n_head=4, n_embd=128, block_size=
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, vocab_size, (batch_size, block_size), generator=g)
     y = torch.randint(0, vocab_size, (batch_size, block_size), generator=g)
-    lm = _train_tokens_per_s(ours, lambda a, b: ours(a, b)[1], (x, y), steps)
-    hf = _train_tokens_per_s(theirs, lambda a, b: torch.nn.functional.cross_entropy(
-        theirs(a).logits.view(-1, vocab_size), b.reshape(-1)), (x, y), steps)
+    speed = _interleaved_tokens_per_s({
+        "lmkit": _train_stepper(ours, lambda a, b: ours(a, b)[1], (x, y)),
+        "transformers": _train_stepper(theirs, lambda a, b: torch.nn.functional.cross_entropy(
+            theirs(a).logits.view(-1, vocab_size), b.reshape(-1)), (x, y)),
+    }, x.numel(), steps)
+    lm, hf = speed["lmkit"], speed["transformers"]
     return {"config": cfg.to_dict() | {"batch_size": batch_size}, "steps": steps, "lmkit_tokens_per_s": round(lm, 1),
             "transformers_tokens_per_s": round(hf, 1), "ratio": round(lm / hf, 3)}
 
 
 def _time(fn, repeats: int = 3):
+    """Best wall time of ``repeats`` calls, and the last result."""
     best = float("inf")
     out = None
     for _ in range(repeats):
@@ -91,7 +106,7 @@ def bench_decode(new_tokens: int = 256, name: str = "char-gpt", repeats: int = 3
     }
 
 
-def run_bench(new_tokens: int = 256, train_steps: int = 20) -> dict:
+def run_bench(new_tokens: int = 256, train_steps: int = 10) -> dict:
     """Everything above in one JSON-ready dict, with the machine it ran on."""
     import transformers
 

@@ -107,7 +107,7 @@ class FeedForward(nn.Module):
         n_in = 2 * d_hidden if activation == "swiglu" else d_hidden
         self.fc = nn.Linear(d_model, n_in, bias=bias)
         self.proj = nn.Linear(d_hidden, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
 
     def forward(self, x):
         h = self.fc(x)
@@ -118,4 +118,5 @@ class FeedForward(nn.Module):
             h = F.gelu(h, approximate="tanh")
         else:
             h = F.relu(h)
-        return self.dropout(self.proj(h))
+        h = self.proj(h)
+        return F.dropout(h, self.dropout) if self.training and self.dropout else h

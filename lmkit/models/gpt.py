@@ -94,7 +94,6 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, cache=None, layer=0, keep_weights=False):
         B, T, C = x.shape
@@ -117,8 +116,8 @@ class CausalSelfAttention(nn.Module):
         else:  # several new queries after a cached prefix: causal mask aligned to the end
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        y = self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return F.dropout(y, p) if p else y  # a function call, not a module: decoding pays per call
 
 
 class Block(nn.Module):
@@ -150,7 +149,6 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
@@ -205,7 +203,8 @@ class GPT(nn.Module):
         else:
             cos, sin = rope_cache(start + T, self.config.n_embd // self.config.n_head, device=idx.device)
             rope = (cos[start:], sin[start:])
-        x = self.transformer.drop(x)
+        if self.training and self.config.dropout:
+            x = F.dropout(x, self.config.dropout)
         states = [x]
         for i, block in enumerate(self.transformer.h):
             x = block(x, rope, cache, i, keep_weights)
