@@ -39,3 +39,22 @@ def test_benchmark_reference_passes_and_wrong_fails():
     bad = score_completions(BENCHMARK, {p.name: [p.wrong] for p in BENCHMARK}, ks=(1,))
     assert ref["pass@k"][1] == 1.0
     assert bad["pass@k"][1] == 0.0
+
+
+def test_sampling_from_a_tiny_gpt_is_reproducible():
+    import torch
+
+    from lmkit.apps.code import complete_benchmark, sample_completions
+    from lmkit.data import CharTokenizer
+    from lmkit.models.gpt import GPT, GPTConfig
+
+    tok = CharTokenizer.from_text("".join(p.prompt + p.reference for p in BENCHMARK))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=1, n_head=2, n_embd=16))
+    a = sample_completions(model, tok, BENCHMARK[0].prompt, n=3, max_new_tokens=20, seed=1)
+    b = sample_completions(model, tok, BENCHMARK[0].prompt, n=3, max_new_tokens=20, seed=1)
+    assert a == b and len(a) == 3
+    comps = complete_benchmark(model, tok, BENCHMARK[:2], n=2, max_new_tokens=10)
+    assert set(comps) == {"add", "is_even"} and all(len(v) == 2 for v in comps.values())
+    res = score_completions(BENCHMARK[:2], comps, ks=(1, 2))
+    assert set(res["pass@k"]) == {1, 2} and sum(res["statuses"].values()) == 4

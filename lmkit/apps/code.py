@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 def parses(source: str) -> bool:
@@ -197,3 +198,23 @@ def score_completions(problems, completions: dict, ks=(1, 5), timeout: float = 5
     scores = {k: float(np.mean([pass_at_k(n, c, k) for n, c in per.values()])) for k in ks
               if all(n >= k for n, _ in per.values())}
     return {"per_problem": per, "pass@k": scores, "statuses": statuses}
+
+
+def sample_completions(model, tokenizer, prompt: str, n: int = 5, max_new_tokens: int = 128, temperature: float = 0.8,
+                       top_k: int | None = None, seed: int = 0, device="cpu") -> list[str]:
+    """n sampled continuations of ``prompt`` from an lmkit GPT, each cut by :func:`truncate_completion`.
+
+    Explained in chapter 20.
+    """
+    from lmkit.generate import generate
+
+    ids = torch.tensor([tokenizer.encode(prompt)] * n, dtype=torch.long, device=device)
+    out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+    return [truncate_completion(tokenizer.decode(row[ids.size(1):].tolist())) for row in out]
+
+
+def complete_benchmark(model, tokenizer, problems=None, n: int = 5, seed: int = 0, **kwargs) -> dict:
+    """{problem name: n completions} for every problem (seeds ``seed + i`` per problem). Chapter 20."""
+    problems = BENCHMARK if problems is None else problems
+    return {p.name: sample_completions(model, tokenizer, p.prompt, n=n, seed=seed + i, **kwargs)
+            for i, p in enumerate(problems)}
