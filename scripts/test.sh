@@ -49,7 +49,7 @@ xdist=()
 [ "$JOBS" -gt 1 ] && xdist=(-n "$JOBS")
 
 run "unit tests, conventions, notebooks (papermill)" "${xdist[@]}" tests \
-    --ignore=tests/test_book_build.py --ignore=tests/test_browser.py "$@"
+    --ignore=tests/test_book_build.py --ignore=tests/test_browser.py --durations=15 "$@"
 run "notebook outputs (nbval)" "${xdist[@]}" --dist loadfile -p tests.nbval_plugin \
     --nbval-lax --nbval-current-env --nbval-cell-timeout=600 "${NOTEBOOKS[@]}" "$@"
 run "book build, browser" tests/test_book_build.py tests/test_browser.py "$@"

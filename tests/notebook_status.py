@@ -72,8 +72,9 @@ def machine() -> dict:
 @contextmanager
 def _locked():
     """Serialize writers: pytest-xdist runs several notebooks at once."""
-    STATUS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    with open(STATUS_JSON.with_suffix(".lock"), "w") as lock:
+    lock_path = ROOT / "_build" / "status.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
