@@ -58,3 +58,13 @@ def test_sampling_from_a_tiny_gpt_is_reproducible():
     assert set(comps) == {"add", "is_even"} and all(len(v) == 2 for v in comps.values())
     res = score_completions(BENCHMARK[:2], comps, ks=(1, 2))
     assert set(res["pass@k"]) == {1, 2} and sum(res["statuses"].values()) == 4
+
+
+def test_complete_statements():
+    from lmkit.apps.code import complete_statements
+
+    text = "import os\n\ndef f(x):\n    return x\nelse_ = 1\ndef g(y):\n    return ("
+    assert complete_statements(text) == "import os\n\ndef f(x):\n    return x\nelse_ = 1\n"
+    assert parses(complete_statements(text))
+    assert complete_statements("def f(x):\n    return (") == ""
+    assert complete_statements("try:\n    a = 1\nexcept E:\n    pass\nx = (") == "try:\n    a = 1\nexcept E:\n    pass\n"

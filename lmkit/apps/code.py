@@ -218,3 +218,18 @@ def complete_benchmark(model, tokenizer, problems=None, n: int = 5, seed: int = 
     problems = BENCHMARK if problems is None else problems
     return {p.name: sample_completions(model, tokenizer, p.prompt, n=n, seed=seed + i, **kwargs)
             for i, p in enumerate(problems)}
+
+
+def complete_statements(text: str) -> str:
+    """Drop the last, possibly unfinished, top-level statement of a code sample.
+
+    A top-level statement starts at a non-empty line with no indentation. The text before the last
+    such line is returned (``""`` when there is only one), so that a sample cut off mid-function
+    is judged on the statements it finished. Explained in chapter 20.
+    """
+    lines = text.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.strip() and not line[0].isspace()
+              and not line.lstrip().startswith((")", "]", "}", "else", "elif", "except", "finally", "#", "@"))]
+    if len(starts) < 2:
+        return ""
+    return "\n".join(lines[: starts[-1]]).rstrip() + "\n"
