@@ -10,11 +10,11 @@ in ``_build/papermill/`` for inspection.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -50,6 +50,7 @@ class TreeMemoryMonitor(threading.Thread):
         self.root = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.seen: set[int] = set()  # every descendant pid observed
         self._stop_event = threading.Event()
 
     def run(self):
@@ -59,6 +60,7 @@ class TreeMemoryMonitor(threading.Thread):
                 children = self.root.children(recursive=True)
             except psutil.NoSuchProcess:
                 break
+            self.seen.update(child.pid for child in children)
             for child in children:
                 try:
                     total += _hwm_bytes(child)
@@ -74,41 +76,104 @@ class TreeMemoryMonitor(threading.Thread):
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill papermill and everything under it (Jupyter starts kernels in their own session)."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        parent = psutil.Process(proc.pid)
+        procs = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+@dataclass
+class Run:
+    result: str            # passed, failed or timeout
+    wall_s: float
+    peak_mib: float | None
+    log: str
+    pids: frozenset = frozenset()  # processes started under papermill (kernel and children)
+
+
+def run_papermill(notebook: Path, output: Path, timeout: float) -> Run:
+    """Execute ``notebook`` with papermill (offline, python3 kernel, cwd = its folder)."""
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(output),
+           "--kernel", "python3", "--cwd", str(notebook.parent),
+           "--execution-timeout", str(int(timeout)),
+           "--no-progress-bar", "--log-level", "WARNING"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    monitor = TreeMemoryMonitor(proc.pid)
+    monitor.start()
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+        result = "passed" if proc.returncode == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        peak = monitor.stop()
+        _kill_tree(proc)
+        log, _ = proc.communicate()
+        return Run("timeout", time.perf_counter() - start, peak, log, frozenset(monitor.seen))
+    peak = monitor.stop()
+    return Run(result, time.perf_counter() - start, peak, log, frozenset(monitor.seen))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", toc_notebooks(), ids=notebook_id)
 def test_notebook_runs(notebook: Path):
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    output = OUT_DIR / notebook.name
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(output),
-           "--kernel", "python3", "--cwd", str(notebook.parent),
-           "--execution-timeout", str(int(NOTEBOOK_TIMEOUT)),
-           "--no-progress-bar", "--log-level", "WARNING"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    monitor = TreeMemoryMonitor(proc.pid)
-    monitor.start()
-    try:
-        log, _ = proc.communicate(timeout=NOTEBOOK_TIMEOUT)
-        result = "passed" if proc.returncode == 0 else "failed"
-    except subprocess.TimeoutExpired:
-        _kill_tree(proc)
-        log, _ = proc.communicate()
-        result = "timeout"
-    wall = time.perf_counter() - start
-    peak = monitor.stop()
-    entry = notebook_status.record(notebook, wall_s=wall, peak_mib=peak, result=result)
-    print(f"{notebook.name}: {result}, {entry['wall_s']} s, peak {entry['peak_mib']} MiB")
-
-    assert result != "timeout", (
+    run = run_papermill(notebook, OUT_DIR / notebook.name, NOTEBOOK_TIMEOUT)
+    entry = notebook_status.record(notebook, wall_s=run.wall_s, peak_mib=run.peak_mib,
+                                   result=run.result)
+    print(f"{notebook.name}: {run.result}, {entry['wall_s']} s, peak {entry['peak_mib']} MiB")
+    assert run.result != "timeout", (
         f"{notebook.name} did not finish in {NOTEBOOK_TIMEOUT:.0f} s "
-        f"(LMKIT_NOTEBOOK_TIMEOUT); its defaults must run in about a minute\n{log[-4000:]}")
-    assert result == "passed", f"{notebook.name} failed under papermill:\n{log[-8000:]}"
+        f"(LMKIT_NOTEBOOK_TIMEOUT); its defaults must run in about a minute\n{run.log[-4000:]}")
+    assert run.result == "passed", f"{notebook.name} failed under papermill:\n{run.log[-8000:]}"
+
+
+# --- the measuring machinery itself, on tiny notebooks -------------------------------------
+
+def _tiny_notebook(path: Path, *sources: str) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in sources]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_papermill_measures_memory_and_uses_the_notebook_folder(tmp_path):
+    nb = _tiny_notebook(tmp_path / "probe.ipynb", "MB = 300",
+                        "import os, numpy as np\n"
+                        "assert os.getcwd() == %r\n"
+                        "block = np.ones(MB * 2**20 // 8)" % str(tmp_path))
+    run = run_papermill(nb, tmp_path / "out.ipynb", timeout=300)
+    assert run.result == "passed", run.log
+    assert run.peak_mib is not None and run.peak_mib >= 300, run.peak_mib
+
+
+@pytest.mark.slow
+def test_papermill_timeout_kills_the_kernel(tmp_path):
+    nb = _tiny_notebook(tmp_path / "slow.ipynb", "SECONDS = 600", "import time; time.sleep(SECONDS)")
+    run = run_papermill(nb, tmp_path / "out.ipynb", timeout=60)  # papermill + kernel start first
+    assert run.result == "timeout"
+    assert run.pids, "the monitor saw no kernel"
+    alive = []
+    for pid in run.pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    assert not alive, f"processes left running after the timeout: {alive}"
