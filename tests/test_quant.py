@@ -399,3 +399,43 @@ def test_distillation_objective_mixes_and_masks():
     assert torch.allclose(distillation_objective(s, t, y_masked, alpha=1.0), soft)
     with pytest.raises(ValueError, match="alpha"):
         distillation_objective(s, t, y, alpha=2.0)
+
+
+# --- the benchmark (tiny versions) -------------------------------------------------------------
+
+def test_bench_sentences_deterministic():
+    from lmkit.bench_quant import bench_sentences
+
+    s = bench_sentences(64)
+    assert len(s) == 64 and len(set(s)) == 64 and s == bench_sentences(64)
+    assert all(8 <= len(x.split()) <= 40 for x in s)
+
+
+def test_run_quant_bench_gpt_part_is_json(monkeypatch):
+    import json
+
+    import lmkit.bench_quant as bq
+
+    m = tiny_gpt()
+    ids = torch.randint(0, 64, (2000,), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(bq, "_load_gpt", lambda: (m, ids, "tiny random GPT"))
+    variants = ("fp32", "int8 per-channel", "int4 group 32", "int8 dynamic (weights + activations)")
+    r = json.loads(json.dumps(bq.run_quant_bench(encoder=False, max_eval_batches=2, progress=False, gpt_variants=variants)))
+    assert [row["variant"] for row in r["gpt"]["rows"]] == list(variants)
+    rows = {row["variant"]: row for row in r["gpt"]["rows"]}
+    assert rows["fp32"]["ppl_increase_pct"] == 0.0 and rows["fp32"]["quantized_layers"] == 0
+    assert rows["int8 per-channel"]["layer_bytes_ratio"] < 0.3
+    assert rows["int4 group 32"]["layer_bytes_ratio"] < rows["int8 per-channel"]["layer_bytes_ratio"]
+    assert set(r["checks"]) == {"int8_layer_bytes_ratio", "int8_ppl_increase_pct", "int4_g32_ppl_increase_pct"}
+    assert r["checks"]["int8_layer_bytes_ratio"]["ok"]
+    with pytest.raises(ValueError, match="variants"):
+        bq.gpt_quant_table(m, ids, variants=("int8 per-channel",))
+
+
+def test_encoder_dynamic_bench_small():
+    from lmkit.bench_quant import encoder_dynamic_bench
+
+    r = encoder_dynamic_bench(n_sentences=2, batch_size=2, repeats=1)
+    assert r["quantized_linears"] == 37  # 6 layers x (q, k, v, attention out, FFN in, FFN out) + pooler
+    assert r["linear_bytes_int8"] < 0.3 * r["linear_bytes_fp32"]
+    assert 0.8 < r["cosine_mean"] <= 1.0 + 1e-6 and r["speedup"] > 0
