@@ -27,17 +27,19 @@ JOBS=${PYTEST_JOBS:-2}
 PY=.venv/bin/python
 LOGS=_build/test-logs
 
+t0=$(date +%s)
 bash scripts/setup.sh || { echo "test: set-up failed"; exit 1; }
 "$PY" scripts/fetch_static.py || { echo "test: fetching the book's JavaScript failed"; exit 1; }
 mkdir -p "$LOGS"
 mapfile -t NOTEBOOKS < <("$PY" tests/book_toc.py)
 start=$(date +%s)
+echo "=== test.sh: set-up took $(( start - t0 )) s; ${#NOTEBOOKS[@]} notebooks in _toc.yml"
 
 names=() codes=() summaries=()
 run() {  # run NAME PYTEST-ARGS...: one pytest invocation, logged; remembers its summary line
   local name=$1; shift
   echo
-  echo "=== [$name] pytest $*"
+  echo "=== [$name] $(date -u +%H:%M:%S) pytest $*"
   "$PY" -m pytest "$@" 2>&1 | tee "$LOGS/$name.log"
   local rc=${PIPESTATUS[0]}
   local summary
