@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SENTIMENT_CSV = REPO_ROOT / "book" / "data" / "sentiment" / "reviews.csv"
+from lmkit.data.corpora import book_dir
+
+SENTIMENT_CSV = Path("data") / "sentiment" / "reviews.csv"  # relative to the book's folder
 
 
 def load_sentiment(path=None) -> dict[str, tuple[list[str], list[str]]]:
@@ -30,7 +31,7 @@ def load_sentiment(path=None) -> dict[str, tuple[list[str], list[str]]]:
 
     Labels are "positive"/"negative"; see book/data/sentiment/README.md for the data card.
     """
-    path = Path(path) if path is not None else SENTIMENT_CSV
+    path = Path(path) if path is not None else book_dir() / SENTIMENT_CSV
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the sentiment data ship with the book's repository "
                                 "(clone it and pip install -e .)")

@@ -36,13 +36,23 @@ def _stdlib_documents(max_files: int | None = None) -> dict[str, str]:
     return docs
 
 
+def book_dir() -> Path:
+    """The book's folder (chapters and ``data/``): next to lmkit in a clone, or the current folder.
+
+    On Colab the bootstrap cell clones the repository and changes into its ``book/`` folder, so
+    the second case finds it when lmkit itself was installed into site-packages.
+    """
+    for candidate in (REPO_ROOT / "book", Path.cwd(), Path.cwd() / "book"):
+        if (candidate / "intro.md").is_file() and (candidate / "data").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        "the book's folder (chapters and data/) was not found: clone the repository and run from it "
+        "(git clone https://github.com/lmkit-book/lmkit-book), or use the offline 'pydoc' corpus"
+    )
+
+
 def _book_documents() -> dict[str, str]:
-    book = REPO_ROOT / "book"
-    if not book.is_dir():
-        raise FileNotFoundError(
-            "the 'book' corpus needs the book's sources: clone the repository and install lmkit "
-            "from it (pip install -e .), or use the 'pydoc' corpus instead"
-        )
+    book = book_dir()
     docs = {}
     for p in sorted(book.glob("*.md")):
         docs[p.name] = p.read_text(encoding="utf-8")
