@@ -13,6 +13,7 @@ Fetches the offline JavaScript first (scripts/fetch_static.py), then runs
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,10 @@ def main() -> int:
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
         cmd += ["--config", str(tmp)]
     print("build_book:", " ".join(cmd), flush=True)
-    rc = subprocess.run(cmd, cwd=ROOT).returncode
+    # Chapters run offline by default; without these a stray hub call waits ~50 s to fail.
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           **os.environ}
+    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     index = BUILD / "html" / "index.html"
     if rc == 0 and not index.exists():
         print(f"build_book: {index} is missing", file=sys.stderr)
