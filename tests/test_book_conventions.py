@@ -30,6 +30,8 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 SOLUTION = re.compile(r"^\*\*Solution to exercise (\d+)\*\*\s*$")
 DROPDOWN = re.compile(r"^(:{3,}|`{3,})\s*\{dropdown\}|:class:\s*dropdown", re.M)
 ERRATUM = re.compile(r"^(:{3,}|`{3,})\s*\{admonition\}\s*Erratum", re.M)
+CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
+BIBLIOGRAPHY = re.compile(r"^(?::{3,}|`{3,})\s*\{bibliography\}[^\n]*(?:\n:[^\n]*)*", re.M)
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
@@ -98,6 +100,12 @@ def test_markdown_pages_have_a_title():
             assert first.startswith("# "), f"{path.name} must start with a '# Title'"
 
 
+def _bib_keys() -> set[str]:
+    from pybtex.database import parse_file
+
+    return set(parse_file(str(BOOK / "references.bib")).entries.keys())
+
+
 def test_references_bib_parses():
     from pybtex.database import parse_file
 
@@ -105,6 +113,35 @@ def test_references_bib_parses():
     assert len(bib.entries) >= 20
     for key, entry in bib.entries.items():
         assert "title" in entry.fields and "year" in entry.fields, key
+
+
+def _page_text(path: Path) -> str:
+    if path.suffix == ".ipynb":
+        return "\n".join(src(c) for c in read_notebook(path)["cells"] if c["cell_type"] == "markdown")
+    return path.read_text(encoding="utf-8")
+
+
+def test_citations_resolve():
+    """Every {cite} key is in references.bib, and one page of the book holds the bibliography.
+
+    sphinxcontrib-bibtex resolves a citation only through a {bibliography} directive; several
+    unprefixed ones list the same entries twice (a warning, so a failed build)."""
+    keys = _bib_keys()
+    pages = [source_of(d) for d in toc_docnames()]
+    cited, bibliographies = {}, []
+    for path in pages:
+        text = _page_text(path)
+        for group in CITE.findall(text):
+            for key in group.split(","):
+                cited.setdefault(key.strip(), path.name)
+        bibliographies += [path.name for m in BIBLIOGRAPHY.finditer(text)
+                           if ":keyprefix:" not in m.group(0)]
+    unknown = {k: page for k, page in cited.items() if k not in keys}
+    assert not unknown, f"citations of keys missing from book/references.bib: {unknown}"
+    if cited:
+        assert len(bibliographies) == 1, (
+            "citations need exactly one {bibliography} directive (without :keyprefix:) in the "
+            f"pages of _toc.yml; found {bibliographies or 'none'}")
 
 
 # --- each notebook ---------------------------------------------------------------------------
