@@ -19,13 +19,16 @@ def load_hub_melodies(name: str = "JSB Chorales", max_items: int | None = 500):
     objects, one note per sixteenth-note frame merged into (pitch, duration) notes. Chapter 21.
 
     Uses the ``datasets`` hub copy ``"tglcourse/jsb_chorales"`` (frames of 4 MIDI pitches, soprano
-    first); durations are in sixteenths halved to eighths (minimum 1); key is left as C major, so
+    first); durations in sixteenths are snapped to the nearest duration in eighths that the tokenizer knows; key is left as C major, so
     in-key statistics should be read with :func:`lmkit.apps.music.in_key_ratio` and an estimated key.
     """
     _check_online()
     from datasets import load_dataset
 
-    from lmkit.apps.music import Melody
+    from lmkit.apps.music import DURATIONS, Melody
+
+    def snap(d):  # sixteenths -> the nearest duration (eighths) the tokenizer knows
+        return min(DURATIONS, key=lambda x: abs(x - d / 2))
 
     ds = load_dataset("tglcourse/jsb_chorales", split="train")
     out = []
@@ -38,7 +41,7 @@ def load_hub_melodies(name: str = "JSB Chorales", max_items: int | None = 500):
                 notes[-1][1] += 1
             else:
                 notes.append([p, 1])
-        out.append(Melody([(p, max(1, min(8, d // 2))) for p, d in notes], 0, "major"))
+        out.append(Melody([(p, snap(d)) for p, d in notes], 0, "major"))
         if max_items and len(out) >= max_items:
             break
     return out
