@@ -24,6 +24,9 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1}
 export TRANSFORMERS_OFFLINE=${TRANSFORMERS_OFFLINE:-1}
 JOBS=${PYTEST_JOBS:-2}
+# One BLAS/OpenMP thread per process: two workers then fill two cores without oversubscription,
+# and the notebooks re-derive their checked numbers the way they were computed (single-threaded).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 PY=.venv/bin/python
 LOGS=_build/test-logs
 
