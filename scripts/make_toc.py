@@ -1,8 +1,10 @@
 """Write _toc.yml from the chapters present under book/ (parts and their chapter ranges fixed here).
 
-Run after adding a chapter: `.venv/bin/python scripts/make_toc.py`. A part with no chapter yet is
-left out (Jupyter Book refuses empty parts).
+Run after adding (and `git add`-ing) a chapter: `.venv/bin/python scripts/make_toc.py`. Only pages
+git tracks are listed, so a draft in the working tree never lands in the committed toc. A part
+with no chapter yet is left out (Jupyter Book refuses empty parts).
 """
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,18 +30,18 @@ parts:
 """
 
 
-def page(stem: str) -> str | None:
-    for ext in (".ipynb", ".md"):
-        if (ROOT / "book" / f"{stem}{ext}").exists():
-            return f"book/{stem}"
-    return None
+TRACKED = {Path(p) for p in subprocess.run(["git", "ls-files", "book"], cwd=ROOT, capture_output=True,
+                                            text=True, check=True).stdout.split()}
+
+
+def pages(pattern: str, suffixes=(".ipynb",)) -> list[str]:
+    """Tracked pages under book/ matching a glob, as sorted toc entries."""
+    return sorted(f"book/{p.stem}" for p in (ROOT / "book").glob(pattern)
+                  if p.suffix in suffixes and p.relative_to(ROOT) in TRACKED)
 
 
 def chapter_files(numbers) -> list[str]:
-    files = []
-    for n in numbers:
-        files += sorted(f"book/{p.stem}" for p in (ROOT / "book").glob(f"ch{n:02d}_*.ipynb"))
-    return files
+    return [f for n in numbers for f in pages(f"ch{n:02d}_*")]
 
 
 def main():
@@ -49,7 +51,7 @@ def main():
         if files:
             out.append(f'  - caption: "{caption}"\n    numbered: true\n    chapters:\n')
             out += [f"      - file: {f}\n" for f in files]
-    appendices = sorted({f"book/{p.stem}" for p in (ROOT / "book").glob("app*_*") if p.suffix in (".ipynb", ".md")})
+    appendices = pages("app*_*", (".ipynb", ".md"))
     if appendices:
         out.append("  - caption: Appendices\n    chapters:\n")
         out += [f"      - file: {f}\n" for f in appendices]
