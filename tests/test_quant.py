@@ -367,7 +367,7 @@ def test_distillation_loss_properties():
     assert float(distillation_loss(t + 3.0, t)) == pytest.approx(0.0, abs=1e-5)  # shift-invariant
     s = torch.randn(2, 5, 11, generator=g, requires_grad=True)
     for T in (1.0, 2.0, 4.0):
-        assert float(distillation_loss(s, t, T)) > 0
+        assert float(distillation_loss(s.detach(), t, T)) > 0
     # T = 1: plain KL(teacher || student), averaged over positions
     p_t, log_p_s = t.softmax(-1), s.log_softmax(-1)
     kl = (p_t * (p_t.log() - log_p_s)).sum(-1).mean()
@@ -432,10 +432,30 @@ def test_run_quant_bench_gpt_part_is_json(monkeypatch):
         bq.gpt_quant_table(m, ids, variants=("int8 per-channel",))
 
 
-def test_encoder_dynamic_bench_small():
+@pytest.fixture(scope="module")
+def encoder():
+    from lmkit.bench_quant import _load_encoder
+
+    return _load_encoder()
+
+
+def test_encoder_dynamic_bench_small(encoder):
     from lmkit.bench_quant import encoder_dynamic_bench
 
-    r = encoder_dynamic_bench(n_sentences=2, batch_size=2, repeats=1)
+    r = encoder_dynamic_bench(n_sentences=2, batch_size=2, repeats=1, model=encoder[0], tokenizer=encoder[1])
     assert r["quantized_linears"] == 37  # 6 layers x (q, k, v, attention out, FFN in, FFN out) + pooler
     assert r["linear_bytes_int8"] < 0.3 * r["linear_bytes_fp32"]
     assert 0.8 < r["cosine_mean"] <= 1.0 + 1e-6 and r["speedup"] > 0
+
+
+def test_sensitivity_and_mixed_precision_small(encoder):
+    from lmkit.bench_quant import _tokenize, bench_sentences, dynamic_sensitivity, mixed_precision_skip
+
+    model, tok = encoder
+    batches = _tokenize(tok, bench_sentences(2), 2)
+    ranking = dynamic_sensitivity(model, batches)
+    assert len(ranking) == 37 and ranking[0][1] >= ranking[-1][1]
+    assert all(isinstance(m, nn.Linear) for m in model.modules() if "Linear" in type(m).__name__)  # restored
+    pick = mixed_precision_skip(model, batches, ranking, target=0.999)
+    assert pick["cosine_mean"] >= 0.999
+    assert pick["fp32_layers"] == [n for n, _ in ranking[: len(pick["fp32_layers"])]]
