@@ -120,9 +120,9 @@ def dp_train_classifier(model, x, y, target_epsilon: float, delta: float = 1e-5,
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=g)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")   # Opacus warns that secure_mode (a CSPRNG) is off
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
         model, opt, loader = engine.make_private_with_epsilon(
             module=model, optimizer=opt, data_loader=loader, epochs=epochs,
             target_epsilon=target_epsilon, target_delta=delta, max_grad_norm=max_grad_norm)
