@@ -295,6 +295,20 @@ def test_torchao_int8_weight_only_or_fallback():
     assert generate(mt, idx, 4, temperature=0.0).shape == (1, 10)
 
 
+def test_torchao_int4_path_is_labelled():
+    import warnings
+
+    m = tiny_gpt()
+    idx = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mt, label = torchao_quantize(m, 4, group_size=16)
+    # on a CPU, Int4WeightOnlyConfig needs CUDA kernels: the label and a warning say which path ran
+    assert "Int4WeightOnlyConfig" in label or any("Int4WeightOnlyConfig" in str(w.message) for w in caught)
+    assert (mt(idx)[0] - m(idx)[0]).abs().max() < 0.5
+    assert quantized_layer_bytes(m, mt)["n_layers"] == 4 * m.config.n_layer
+
+
 def test_torchao_fallback_message(monkeypatch):
     import builtins
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from lmkit.quant.layers import DEFAULT_SKIP, _skipped, quantize_model
+from lmkit.quant.size import is_quantized_module
 
 
 @contextlib.contextmanager
@@ -180,8 +181,9 @@ def torchao_quantize(
             return target, label
         except Exception as e:  # torchao raises ImportError/RuntimeError/NotImplementedError by path
             errors.append(f"{label.split(' [')[0]} failed on {_device_of(model)}: {type(e).__name__}: {e}")
-            if inplace:  # a failed in-place attempt may have changed some layers: stop here
-                break
+            if inplace and any(is_quantized_module(m) for m in model.modules()):
+                raise RuntimeError(f"{errors[-1]}; the model was changed part-way (inplace=True): "
+                                   "reload it, or call with inplace=False") from e
     return lmkit_fallback("; ".join(errors))
 
 
