@@ -18,10 +18,13 @@ from book_toc import (BOOK, ROOT, config, read_notebook, repository_branch, repo
 
 NOTEBOOKS = toc_notebooks()
 BOOTSTRAP = """\
-# Bootstrap: on Colab, install lmkit from the repository; elsewhere it is already installed.
+# Bootstrap: on Colab, fetch the book (chapters and data) and install lmkit from it;
+# elsewhere lmkit is already installed.
 import sys
 if "google.colab" in sys.modules:
-    %pip install -q "lmkit[apps,serve] @ git+{url}@{branch}"
+    !git clone -q --depth 1 -b {branch} {url} /content/lmkit-book
+    %pip install -q "/content/lmkit-book[apps,serve]"
+    %cd /content/lmkit-book/book
 import lmkit"""
 MIN_INTRO_WORDS = 40
 MIN_EXERCISES = 3
