@@ -1,20 +1,21 @@
-"""In-context learning on synthetic tasks: a small GPT learns to read the rule from the prompt.
+"""In-context learning on associative recall: a small GPT reads a lookup table from its prompt.
 
 Explained in chapter 24.
 
-Each sequence is ``x1 y1 x2 y2 ... xK yK`` (rendered ``x1 -> y1 ; x2 -> y2 ; ...``) where the map
-x -> y is drawn afresh for every sequence, so no weight can memorise it: the only way to predict
-y_i is to read the earlier pairs. Two task families:
+Every sequence carries its own random bijection (permutation) ``f`` of ``S = n_symbols`` symbols,
+drawn afresh, so no weight can memorise it. A prompt is ``k`` demonstrations followed by a query:
 
-* ``"permutation"``: a random bijection (letter substitution) of ``n_symbols`` symbols;
-* ``"linear"``: y = (a x + b) mod p with random a (non-zero) and b, ``n_symbols = p`` prime.
+    [pair(x1, y1), pair(x2, y2), ..., pair(xk, yk), query(q)]     with y_i = f(x_i)
 
-Input symbols use token ids 0..S-1 and output symbols S..2S-1, so a GPT with ``vocab_size = 2S``
-reads them. The loss is taken on the y tokens only; the prediction of y_i has i-1 demonstrations in
-its context, so one forward pass measures accuracy as a function of the number of demonstrations.
+Each demonstration is ONE token, ``pair(x, y) = x * S + y`` (ids 0 .. S*S - 1), and the query is
+``query(q) = S*S + q``; the vocabulary therefore has ``S*S + S`` ids. The model must output
+``f(q)``: it can only do so when some demonstration has ``x_i = q``, by attending from the query to
+that token and copying its ``y`` -- a single attention lookup, which a one-layer GPT learns on a CPU
+in seconds. The answer is read from the logits of ids 0..S-1 at the last position (S classes).
 """
 from __future__ import annotations
 
+import math
 import string
 
 import torch
@@ -23,59 +24,85 @@ import torch.nn.functional as F
 from lmkit.models.gpt import GPT, GPTConfig
 
 
-def sample_tasks(n_seq: int, n_pairs: int, n_symbols: int = 8, kind: str = "permutation", generator=None):
-    """Draw ``n_seq`` sequences of ``n_pairs`` (x, y) pairs, each with its own random map.
+def vocab_size(n_symbols: int) -> int:
+    """S*S pair tokens + S query tokens. Explained in chapter 24."""
+    return n_symbols * n_symbols + n_symbols
 
-    Returns (tokens (n_seq, 2 n_pairs) long, targets (n_seq, 2 n_pairs) with -100 except at the
-    positions that predict a y, maps (n_seq, n_symbols) long: maps[b, x] = y of sequence b).
+
+def sample_recall(n_seq: int, k: int, n_symbols: int = 8, generator=None):
+    """Draw ``n_seq`` prompts with ``k`` demonstrations each, every prompt with its own permutation.
+
+    Demonstration inputs and the query are drawn uniformly with replacement from 0..S-1.
+    Returns (tokens (n_seq, k + 1) long, answers (n_seq,) long in 0..S-1, seen (n_seq,) bool: whether
+    the query's input appears among the k demonstrations, maps (n_seq, S) long: maps[b, x] = f_b(x)).
+    Explained in chapter 24.
     """
-    g = generator
     S = n_symbols
-    if kind == "permutation":
-        maps = torch.stack([torch.randperm(S, generator=g) for _ in range(n_seq)])
-    elif kind == "linear":
-        a = torch.randint(1, S, (n_seq, 1), generator=g)
-        b = torch.randint(0, S, (n_seq, 1), generator=g)
-        maps = (a * torch.arange(S)[None] + b) % S
-    else:
-        raise ValueError(f"kind must be 'permutation' or 'linear', got {kind!r}")
-    xs = torch.randint(0, S, (n_seq, n_pairs), generator=g)
+    g = generator
+    maps = torch.argsort(torch.rand(n_seq, S, generator=g), dim=1)
+    xs = torch.randint(0, S, (n_seq, k + 1), generator=g)
     ys = torch.gather(maps, 1, xs)
-    tokens = torch.stack([xs, ys + S], dim=2).reshape(n_seq, 2 * n_pairs)
-    targets = torch.full_like(tokens, -100)
-    targets[:, 0::2] = ys + S  # the position of x_i predicts y_i
-    return tokens, targets, maps
+    demos = xs[:, :k] * S + ys[:, :k]
+    query = S * S + xs[:, k:]
+    tokens = torch.cat([demos, query], dim=1)
+    seen = (xs[:, :k] == xs[:, k:]).any(1) if k > 0 else torch.zeros(n_seq, dtype=torch.bool)
+    return tokens, ys[:, k], seen, maps
+
+
+def shuffle_context(tokens: torch.Tensor, generator=None) -> torch.Tensor:
+    """Control: replace each prompt's demonstrations with those of another prompt (another map).
+
+    tokens (n_seq, k + 1) -> (n_seq, k + 1); the query tokens stay in place. Explained in chapter 24.
+    """
+    n = tokens.shape[0]
+    perm = (torch.arange(n) + 1 + torch.randint(0, max(n - 1, 1), (1,), generator=generator)) % n
+    out = tokens.clone()
+    out[:, :-1] = tokens[perm, :-1]
+    return out
 
 
 def render(tokens, n_symbols: int = 8) -> str:
-    """Human-readable prompt: inputs as lower-case letters, outputs as upper-case letters."""
-    t = [int(v) for v in tokens]
-    out = []
-    for i in range(0, len(t) - 1, 2):
-        out.append(f"{string.ascii_lowercase[t[i]]} -> {string.ascii_uppercase[t[i + 1] - n_symbols]}")
-    if len(t) % 2:
-        out.append(f"{string.ascii_lowercase[t[-1]]} ->")
-    return " ; ".join(out)
+    """Human-readable prompt: ``a->C b->A | c -> ?`` (inputs lower case, outputs upper case)."""
+    S = n_symbols
+    parts = []
+    for t in [int(v) for v in tokens]:
+        if t < S * S:
+            parts.append(f"{string.ascii_lowercase[t // S]}->{string.ascii_uppercase[t % S]}")
+        else:
+            parts.append(f"| {string.ascii_lowercase[t - S * S]} -> ?")
+    return " ".join(parts)
 
 
-def make_model(n_symbols: int = 8, n_pairs: int = 16, n_layer: int = 2, n_head: int = 2, n_embd: int = 64, seed: int = 0) -> GPT:
-    """A small GPT for the synthetic tasks (vocab 2S, block 2 * n_pairs)."""
+def make_model(n_symbols: int = 8, max_k: int = 16, n_layer: int = 1, n_head: int = 1, n_embd: int = 64,
+               seed: int = 0) -> GPT:
+    """A small GPT for associative recall: vocab S*S + S, block max_k + 1. Explained in chapter 24."""
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=2 * n_symbols, block_size=2 * n_pairs, n_layer=n_layer, n_head=n_head,
-                         n_embd=n_embd, dropout=0.0))
+    return GPT(GPTConfig(vocab_size=vocab_size(n_symbols), block_size=max_k + 1, n_layer=n_layer,
+                         n_head=n_head, n_embd=n_embd, dropout=0.0))
 
 
-def train_icl(model: GPT, steps: int = 400, batch_size: int = 64, n_pairs: int = 16, n_symbols: int = 8,
-              kind: str = "permutation", lr: float = 3e-3, seed: int = 0, device="cpu") -> list[float]:
-    """Train on freshly drawn sequences each step (AdamW, cosine decay); returns the loss per step."""
+def answer_logits(model: GPT, tokens: torch.Tensor, n_symbols: int) -> torch.Tensor:
+    """Logits (n_seq, S) over the S possible answers, read at the query position."""
+    logits, _ = model(tokens)
+    return logits[:, -1, :n_symbols]
+
+
+def train_icl(model: GPT, steps: int = 600, batch_size: int = 128, max_k: int = 16, n_symbols: int = 8,
+              lr: float = 3e-3, seed: int = 0, device="cpu") -> list[float]:
+    """Train on freshly drawn prompts (k uniform in 1..max_k per step), AdamW with one-cycle schedule.
+
+    Returns the cross-entropy (nats) of each step; chance is ln S. Explained in chapter 24.
+    """
     g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     losses = []
     for _ in range(steps):
-        x, y, _ = sample_tasks(batch_size, n_pairs, n_symbols, kind, g)
-        _, loss = model(x.to(device), y.to(device))
+        k = int(torch.randint(1, max_k + 1, (1,), generator=g))
+        x, y, _, _ = sample_recall(batch_size, k, n_symbols, g)
+        loss = F.cross_entropy(answer_logits(model, x.to(device), n_symbols), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -87,40 +114,35 @@ def train_icl(model: GPT, steps: int = 400, batch_size: int = 64, n_pairs: int =
 
 
 @torch.no_grad()
-def accuracy_by_k(model: GPT, n_seq: int = 512, n_pairs: int = 16, n_symbols: int = 8, kind: str = "permutation",
-                  seed: int = 1, device="cpu") -> dict:
-    """Accuracy of y_{k+1} given k demonstrations, k = 0..n_pairs-1, on fresh sequences.
+def accuracy_by_k(model: GPT, ks, n_seq: int = 512, n_symbols: int = 8, seed: int = 1, control: bool = False,
+                  device="cpu") -> dict:
+    """Accuracy on fresh prompts for each number of demonstrations k in ``ks``.
 
-    Returns {"k" (n_pairs,), "accuracy" (n_pairs,), "seen" (n_pairs,): accuracy restricted to queries
-    whose x appeared among the k demonstrations, "unseen": the others (NaN when none)}.
+    With ``control=True`` every prompt's demonstrations come from another prompt (another map), so
+    the context is present but useless. Returns {"k", "accuracy", "seen_frac", "acc_seen",
+    "acc_unseen"} (lists, NaN where a group is empty). Explained in chapter 24.
     """
     g = torch.Generator().manual_seed(seed)
-    x, y, _ = sample_tasks(n_seq, n_pairs, n_symbols, kind, g)
-    logits, _ = model(x.to(device))
-    pred = logits[:, 0::2, n_symbols:].argmax(-1).cpu() + n_symbols
-    truth = y[:, 0::2]
-    correct = (pred == truth).float()
-    xs = x[:, 0::2]
-    seen = torch.zeros_like(correct, dtype=torch.bool)
-    for k in range(1, n_pairs):
-        seen[:, k] = (xs[:, :k] == xs[:, k : k + 1]).any(1)
-    nan = float("nan")
-    acc_seen = [float(correct[:, k][seen[:, k]].mean()) if seen[:, k].any() else nan for k in range(n_pairs)]
-    acc_unseen = [float(correct[:, k][~seen[:, k]].mean()) if (~seen[:, k]).any() else nan for k in range(n_pairs)]
-    return {"k": list(range(n_pairs)), "accuracy": correct.mean(0).tolist(), "seen": acc_seen, "unseen": acc_unseen}
+    model.to(device).eval()
+    out = {"k": [], "accuracy": [], "seen_frac": [], "acc_seen": [], "acc_unseen": []}
+    for k in ks:
+        x, y, seen, _ = sample_recall(n_seq, int(k), n_symbols, g)
+        if control and k > 0:
+            x = shuffle_context(x, g)
+        pred = answer_logits(model, x.to(device), n_symbols).argmax(-1).cpu()
+        correct = (pred == y).float()
+        out["k"].append(int(k))
+        out["accuracy"].append(float(correct.mean()))
+        out["seen_frac"].append(float(seen.float().mean()))
+        out["acc_seen"].append(float(correct[seen].mean()) if seen.any() else math.nan)
+        out["acc_unseen"].append(float(correct[~seen].mean()) if (~seen).any() else math.nan)
+    return out
 
 
-def ideal_permutation_accuracy(k: int, n_symbols: int = 8, n_sim: int = 20000, seed: int = 0) -> float:
-    """Accuracy of the best possible reader of a random permutation after k random demonstrations.
+def ideal_accuracy(k: int, n_symbols: int = 8) -> float:
+    """Copy-or-guess reader: P(query demonstrated) + P(not) / S, with P(not) = (1 - 1/S)^k.
 
-    It copies y when the query was demonstrated, otherwise it guesses uniformly among the outputs not
-    yet used: (Monte Carlo over n_sim draws).
+    Explained in chapter 24.
     """
-    g = torch.Generator().manual_seed(seed)
-    S = n_symbols
-    xs = torch.randint(0, S, (n_sim, k + 1), generator=g)
-    total = 0.0
-    for row in xs.tolist():
-        demo, q = set(row[:k]), row[k]
-        total += 1.0 if q in demo else 1.0 / (S - len(demo))
-    return total / n_sim
+    miss = (1.0 - 1.0 / n_symbols) ** k
+    return (1.0 - miss) + miss / n_symbols

@@ -1,4 +1,4 @@
-"""Tests of lmkit.icl (chapter 24)."""
+"""Tests of lmkit.icl (chapter 24): associative recall with one token per demonstration."""
 import math
 
 import torch
@@ -6,32 +6,48 @@ import torch
 from lmkit import icl
 
 
-def test_sample_tasks_shapes_and_consistency():
+def test_sample_recall_tokens_encode_the_map():
     g = torch.Generator().manual_seed(0)
-    for kind in ("permutation", "linear"):
-        x, y, maps = icl.sample_tasks(5, 6, 7, kind, g)
-        assert x.shape == (5, 12) and y.shape == (5, 12) and maps.shape == (5, 7)
-        assert (y[:, 1::2] == -100).all()
-        assert (x[:, 1::2] - 7 == torch.gather(maps, 1, x[:, 0::2])).all()
-        assert (y[:, 0::2] == x[:, 1::2]).all()
-    # permutations are bijections
-    _, _, maps = icl.sample_tasks(3, 2, 8, "permutation", g)
-    assert all(sorted(m.tolist()) == list(range(8)) for m in maps)
+    S, k = 5, 7
+    toks, ans, seen, maps = icl.sample_recall(6, k, S, g)
+    assert toks.shape == (6, k + 1) and ans.shape == (6,) and seen.shape == (6,) and maps.shape == (6, S)
+    assert all(sorted(m.tolist()) == list(range(S)) for m in maps)
+    xs, ys = toks[:, :k] // S, toks[:, :k] % S
+    assert (torch.gather(maps, 1, xs) == ys).all()
+    q = toks[:, k] - S * S
+    assert (toks[:, k] >= S * S).all() and (maps[torch.arange(6), q] == ans).all()
+    assert ((xs == q[:, None]).any(1) == seen).all()
+    assert icl.vocab_size(S) == 30
 
 
-def test_render():
-    assert icl.render([0, 9, 2], n_symbols=8) == "a -> B ; c ->"
+def test_zero_demonstrations_and_render():
+    toks, ans, seen, _ = icl.sample_recall(3, 0, 4)
+    assert toks.shape == (3, 1) and not seen.any()
+    assert icl.render([0 * 8 + 2, 64 + 1], n_symbols=8) == "a->C | b -> ?"
+
+
+def test_shuffle_context_keeps_queries_and_moves_demos():
+    g = torch.Generator().manual_seed(1)
+    toks, _, _, _ = icl.sample_recall(10, 6, 8, g)
+    sh = icl.shuffle_context(toks, g)
+    assert (sh[:, -1] == toks[:, -1]).all()
+    assert sorted(map(tuple, sh[:, :-1].tolist())) == sorted(map(tuple, toks[:, :-1].tolist()))
+    assert not (sh[:, :-1] == toks[:, :-1]).all(1).all()
 
 
 def test_train_and_accuracy_by_k_runs():
-    m = icl.make_model(n_symbols=4, n_pairs=4, n_layer=1, n_head=1, n_embd=16)
-    losses = icl.train_icl(m, steps=5, batch_size=8, n_pairs=4, n_symbols=4)
+    m = icl.make_model(n_symbols=4, max_k=4, n_layer=1, n_head=1, n_embd=16)
+    losses = icl.train_icl(m, steps=5, batch_size=8, max_k=4, n_symbols=4)
     assert len(losses) == 5 and all(math.isfinite(v) for v in losses)
-    r = icl.accuracy_by_k(m, n_seq=32, n_pairs=4, n_symbols=4)
-    assert len(r["accuracy"]) == 4 and all(0 <= a <= 1 for a in r["accuracy"])
-    assert math.isnan(r["seen"][0])
+    assert icl.answer_logits(m, icl.sample_recall(2, 3, 4)[0], 4).shape == (2, 4)
+    r = icl.accuracy_by_k(m, [0, 2, 4], n_seq=32, n_symbols=4)
+    assert r["k"] == [0, 2, 4] and all(0 <= a <= 1 for a in r["accuracy"])
+    assert math.isnan(r["acc_seen"][0]) and r["seen_frac"][0] == 0.0
+    c = icl.accuracy_by_k(m, [2], n_seq=32, n_symbols=4, control=True)
+    assert 0 <= c["accuracy"][0] <= 1
 
 
 def test_ideal_accuracy():
-    assert icl.ideal_permutation_accuracy(0, 8) == 1 / 8
-    assert icl.ideal_permutation_accuracy(40, 8) > 0.95
+    assert icl.ideal_accuracy(0, 8) == 1 / 8
+    assert abs(icl.ideal_accuracy(1, 8) - (1 / 8 + 7 / 64)) < 1e-12
+    assert icl.ideal_accuracy(60, 8) > 0.99
