@@ -11,7 +11,7 @@ Each demonstration is ONE token, ``pair(x, y) = x * S + y`` (ids 0 .. S*S - 1), 
 ``query(q) = S*S + q``; the vocabulary therefore has ``S*S + S`` ids. The model must output
 ``f(q)``: it can only do so when some demonstration has ``x_i = q``, by attending from the query to
 that token and copying its ``y`` -- a single attention lookup, which a one-layer GPT learns on a CPU
-in seconds. The answer is read from the logits of ids 0..S-1 at the last position (S classes).
+in seconds (S = 6, one layer, two heads, 800 steps of 128 prompts: chapter 24). The answer is read from the logits of ids 0..S-1 at the last position (S classes).
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def render(tokens, n_symbols: int = 8) -> str:
     return " ".join(parts)
 
 
-def make_model(n_symbols: int = 8, max_k: int = 16, n_layer: int = 1, n_head: int = 1, n_embd: int = 64,
+def make_model(n_symbols: int = 6, max_k: int = 16, n_layer: int = 1, n_head: int = 2, n_embd: int = 64,
                seed: int = 0) -> GPT:
     """A small GPT for associative recall: vocab S*S + S, block max_k + 1. Explained in chapter 24."""
     torch.manual_seed(seed)
