@@ -6,6 +6,7 @@ import torch.nn as nn
 from lmkit.generate import generate
 from lmkit.models import GPT, GPTConfig
 from lmkit.quant import (
+    FullRangeDynamicLinear,  # noqa: F401  (public API)
     QuantLinear,
     absmax_dequantize,
     absmax_quantize,
@@ -274,6 +275,28 @@ def test_dynamic_quantize_linear_stack():
     assert is_quantized_module(skipped[0]) and isinstance(skipped[2], nn.Linear)
 
 
+def test_dynamic_quantize_full_range_activations():
+    from lmkit.quant import FullRangeDynamicLinear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    full = dynamic_quantize(model, per_channel=True, reduce_range=False)
+    assert isinstance(full[0], FullRangeDynamicLinear) and isinstance(full[2], FullRangeDynamicLinear)
+    seven = dynamic_quantize(model, per_channel=True)
+    assert not isinstance(seven[0], FullRangeDynamicLinear)
+    # GELU-like inputs: mostly near zero, one outlier feature. Their 8-bit codes are small, so the
+    # int16 pair sums of non-VNNI x86 kernels cannot saturate: one more bit, about half the error.
+    # (Dense inputs spread over all 256 codes *can* saturate there; saturation_suspects finds them.)
+    x = torch.rand(128, 32) * 0.02
+    x[:, 0] = 1.0
+    y = model[2](x)
+    err7, err8 = ((m[2](x) - y).norm() / y.norm() for m in (seven, full))
+    assert err8 < 0.75 * err7
+    assert model_size_bytes(full) == model_size_bytes(seven)
+    with pytest.raises(ValueError, match="dtype"):
+        dynamic_quantize(model, dtype=torch.int8)
+
+
 def test_quantized_engine_restores_and_rejects_unknown():
     before = torch.backends.quantized.engine
     with pytest.raises(ValueError, match="not available"):
@@ -463,7 +486,14 @@ def test_encoder_dynamic_bench_small(encoder):
 
 
 def test_sensitivity_and_mixed_precision_small(encoder):
-    from lmkit.bench_quant import _tokenize, bench_sentences, dynamic_sensitivity, mixed_precision_skip
+    from lmkit.bench_quant import (
+        _tokenize,
+        bench_sentences,
+        dynamic_sensitivity,
+        encoder_dynamic_bench,
+        mixed_precision_skip,
+        saturation_suspects,
+    )
 
     model, tok = encoder
     batches = _tokenize(tok, bench_sentences(2), 2)
@@ -471,5 +501,10 @@ def test_sensitivity_and_mixed_precision_small(encoder):
     assert len(ranking) == 37 and ranking[0][1] >= ranking[-1][1]
     assert all(isinstance(m, nn.Linear) for m in model.modules() if "Linear" in type(m).__name__)  # restored
     pick = mixed_precision_skip(model, batches, ranking, target=0.999)
+    suspects = saturation_suspects(model, batches)
+    assert all(r["rel_error_8bit"] > r["rel_error_7bit"] for r in suspects)
+    r = encoder_dynamic_bench(n_sentences=2, batch_size=2, repeats=1, model=model, tokenizer=tok, per_channel=True,
+                              reduce_range=False, seven_bit_layers=[s["layer"] for s in suspects])
+    assert r["quantized_linears"] == 37 and r["cosine_mean"] > 0.97
     assert pick["cosine_mean"] >= 0.999
     assert pick["fp32_layers"] == [n for n, _ in ranking[: len(pick["fp32_layers"])]]

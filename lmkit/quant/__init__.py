@@ -21,7 +21,7 @@ from lmkit.quant.core import (
 )
 from lmkit.quant.distill import distillation_loss, distillation_objective
 from lmkit.quant.layers import DEFAULT_SKIP, QuantLinear, linear_layers, quantize_model
-from lmkit.quant.libs import dynamic_quantize, import_torchao, quantized_engine, torchao_quantize
+from lmkit.quant.libs import FullRangeDynamicLinear, dynamic_quantize, import_torchao, quantized_engine, torchao_quantize
 from lmkit.quant.prune import magnitude_prune, sparsity_report, structured_prune
 from lmkit.quant.size import is_quantized_module, model_size_bytes, quantized_layer_bytes, tensor_bytes
 
@@ -30,7 +30,7 @@ __all__ = [
     "check_group_size", "quantize_groups", "dequantize_groups", "pack_int4", "unpack_int4",
     "QuantLinear", "quantize_model", "linear_layers", "DEFAULT_SKIP",
     "tensor_bytes", "model_size_bytes", "quantized_layer_bytes", "is_quantized_module",
-    "dynamic_quantize", "quantized_engine", "torchao_quantize", "import_torchao",
+    "dynamic_quantize", "FullRangeDynamicLinear", "quantized_engine", "torchao_quantize", "import_torchao",
     "magnitude_prune", "structured_prune", "sparsity_report",
     "distillation_loss", "distillation_objective",
 ]

@@ -26,6 +26,36 @@ from lmkit.quant.layers import DEFAULT_SKIP, _skipped, quantize_model
 from lmkit.quant.size import is_quantized_module
 
 
+try:  # PyTorch's eager dynamic-quantized linear (kept importable even if torch drops it one day)
+    from torch.ao.nn.quantized.dynamic import Linear as _DynamicLinear
+except ImportError:  # pragma: no cover
+    _DynamicLinear = None
+
+
+if _DynamicLinear is not None:
+
+    class FullRangeDynamicLinear(_DynamicLinear):
+        """PyTorch's dynamic int8 linear with activations quantized to the full 8 bits. Chapter 15.
+
+        ``torch.ao.nn.quantized.dynamic.Linear`` calls its kernel with ``reduce_range=True``: each
+        batch of activations is mapped onto 0..127 (7 bits), because on x86 CPUs without VNNI the
+        int8 dot product (``vpmaddubsw``) adds pairs of u8 x s8 products in int16 and two full-range
+        products can saturate. This subclass passes ``reduce_range=False`` (0..255): twice the
+        resolution, at the price of that (rare) saturation risk on such CPUs. Shapes as nn.Linear.
+        """
+
+        def forward(self, x):
+            if self._packed_params.dtype != torch.qint8:
+                return super().forward(x)
+            y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+            return y.to(x.dtype)
+
+        def _get_name(self):
+            return "DynamicQuantizedLinear(reduce_range=False)"
+else:  # pragma: no cover
+    FullRangeDynamicLinear = None
+
+
 @contextlib.contextmanager
 def quantized_engine(name: str | None):
     """Temporarily set ``torch.backends.quantized.engine`` ("x86", "fbgemm", "onednn", "qnnpack").
@@ -51,6 +81,7 @@ def dynamic_quantize(
     skip: Iterable[str] = (),
     engine: str | None = None,
     per_channel: bool = False,
+    reduce_range: bool = True,
     inplace: bool = False,
 ) -> nn.Module:
     """PyTorch dynamic quantization of every ``nn.Linear`` (except ``skip``). Explained in chapter 15.
@@ -67,6 +98,10 @@ def dynamic_quantize(
             to quint8 -- and on the x86/fbgemm engines with ``reduce_range=True`` (7 bits, to avoid
             int16 overflow on CPUs without VNNI), which hurts layers whose inputs have outliers
             (a BERT FFN's down-projection sees GELU outputs with max/std near 90).
+        reduce_range: ``True`` is PyTorch's behaviour (7-bit activations); ``False`` uses
+            :class:`FullRangeDynamicLinear` (8-bit activations). On all-MiniLM-L6-v2,
+            per-channel weights with ``reduce_range=False`` lift the mean cosine of sentence
+            embeddings to fp32 from 0.945 (defaults) to 0.992 at the same speed (chapter 15).
         inplace: quantize ``model`` itself instead of a deep copy.
     Returns:
         The model with ``torch.ao.nn.quantized.dynamic.Linear`` layers; input/output shapes unchanged.
@@ -89,11 +124,16 @@ def dynamic_quantize(
         spec = {n: qconfig for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(n, skip)}
     else:
         spec = {nn.Linear}
+    mapping = None
+    if not reduce_range and dtype == torch.qint8:
+        from torch.ao.quantization.quantization_mappings import get_default_dynamic_quant_module_mappings
+
+        mapping = {**get_default_dynamic_quant_module_mappings(), nn.Linear: FullRangeDynamicLinear}
     with quantized_engine(engine), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
-        return quantize_dynamic(model, spec, dtype=dtype, inplace=inplace)
+        return quantize_dynamic(model, spec, dtype=dtype, mapping=mapping, inplace=inplace)
 
 
 def import_torchao():
