@@ -94,7 +94,7 @@ def bench_decode(new_tokens: int = 256, name: str = "char-gpt", repeats: int = 3
     t_hf, theirs = _time(lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_hf,
                                              min_new_tokens=n_hf, do_sample=False, pad_token_id=0), repeats)
     t_long_cached, _ = _time(lambda: generate(model, prompt, new_tokens, temperature=0, use_cache=True), repeats)
-    t_long_nocache, _ = _time(lambda: generate(model, prompt, new_tokens, temperature=0, use_cache=False), 1)
+    t_long_nocache, _ = _time(lambda: generate(model, prompt, new_tokens, temperature=0, use_cache=False), repeats)
     return {
         "model": name, "prompt_tokens": prompt.size(1),
         "vs_transformers": {"new_tokens": n_hf, "lmkit_cached_tokens_per_s": round(n_hf / t_cached, 1),

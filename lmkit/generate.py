@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lmkit.models.decode_step import DecodeStep
 from lmkit.models.gpt import KVCache
 
 
@@ -83,21 +84,20 @@ def generate(
         start = idx.size(1) - window // 2
     was_training = model.training
     model.eval()
-    cache, fed = None, start  # fed: how many tokens of idx the cache already holds
+    cache, decode_step = None, DecodeStep(model) if use_cache else None
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
         if idx.size(1) - start >= window:  # window full: restart it from the last half
             start = idx.size(1) - window // 2
             cache = None
-        if use_cache:
-            if cache is None:
-                dtype = next(model.parameters()).dtype
-                cache, fed = KVCache(model.config, idx.size(0), device, dtype), start
-            logits, _ = model(idx[:, fed:], cache=cache)
-            fed = idx.size(1)
-        else:
-            logits, _ = model(idx[:, start:])
-        tok = next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+        if not use_cache:  # the whole window, every step
+            last = model(idx[:, start:])[0][:, -1]
+        elif cache is None:  # prefill: the window so far fills a new cache
+            cache = KVCache(model.config, idx.size(0), device, next(model.parameters()).dtype)
+            last = model(idx[:, start:], cache=cache)[0][:, -1]
+        else:  # one new token; the cache holds the rest
+            last = decode_step(idx[:, -1:], cache)
+        tok = next_token(last, temperature, top_k, top_p, generator)
         if eos_id is not None:
             tok = tok.masked_fill(finished[:, None], eos_id)
             finished |= tok[:, 0] == eos_id
@@ -127,6 +127,7 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 
     dtype = next(model.parameters()).dtype
     cache = KVCache(model.config, 1, idx.device, dtype)
     logits, _ = model(idx, cache=cache)
+    decode_step = DecodeStep(model)
     beams = idx
     scores = torch.zeros(1, device=idx.device)
     done: list[tuple[float, torch.Tensor]] = []
@@ -153,8 +154,7 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 
         beams = torch.cat([beams[rows], toks], dim=1)
         scores = torch.tensor(keep_score, device=idx.device)
         cache.reorder(rows)
-        logits, _ = model(toks, cache=cache)
-        last = logits[:, -1, :]
+        last = decode_step(toks, cache)
     n = beams.size(1) - idx.size(1)
     for s, seq in zip(scores.tolist(), beams):
         done.append((s / max(n, 1) ** length_penalty, seq))

@@ -65,15 +65,21 @@ class KVCache:
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, hd)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self._split_layers()
         self.pos = 0
+
+    def _split_layers(self):
+        # one view per layer, made once: decoding then pays one slice per update, not four
+        self.layer_k = [self.k[i] for i in range(len(self.k))]  # each (B, H, block_size, hd)
+        self.layer_v = [self.v[i] for i in range(len(self.v))]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, H, T, hd) at the current position; return all keys/values so far."""
-        t = k.size(2)
-        self.k[layer, :, :, self.pos : self.pos + t] = k
-        self.v[layer, :, :, self.pos : self.pos + t] = v
-        end = self.pos + t
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        t, end = k.size(2), self.pos + k.size(2)
+        keys, values = self.layer_k[layer], self.layer_v[layer]
+        keys.narrow(2, self.pos, t).copy_(k)
+        values.narrow(2, self.pos, t).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)
 
     def advance(self, t: int):
         self.pos += t
@@ -82,6 +88,7 @@ class KVCache:
         """Select batch rows (beam search keeps the cache of the surviving beams)."""
         self.k = self.k.index_select(1, index)
         self.v = self.v.index_select(1, index)
+        self._split_layers()
 
 
 class CausalSelfAttention(nn.Module):
@@ -97,9 +104,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rope=None, cache=None, layer=0, keep_weights=False):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, H, T, hd): the heads are just a reshape.
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # (B, T, 3C) -> 3 x (B, H, T, hd): splitting q, k, v and the heads is just a reshape.
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -116,7 +122,7 @@ class CausalSelfAttention(nn.Module):
         else:  # several new queries after a cached prefix: causal mask aligned to the end
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, C))
         return F.dropout(y, p) if p else y  # a function call, not a module: decoding pays per call
 
 
@@ -198,8 +204,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_emb == "learned":
-            pos = torch.arange(start, start + T, device=idx.device)
-            x = x + self.transformer.wpe(pos)
+            x = x + self.transformer.wpe.weight[start : start + T]  # rows start..start+T-1 of the table
         else:
             cos, sin = rope_cache(start + T, self.config.n_embd // self.config.n_head, device=idx.device)
             rope = (cos[start:], sin[start:])
