@@ -16,6 +16,29 @@ from typing import Callable
 import torch
 
 
+def optimizer_step(loss: torch.Tensor, opt, clip_params=None, max_norm: float = 1.0, scheduler=None) -> float:
+    """One update from ``loss``: clear old gradients, backpropagate, clip the gradient norm of
+    ``clip_params`` (when given) to ``max_norm``, step ``opt`` and then ``scheduler``. Returns the
+    loss as a float. The four lines every training loop of the applications chapters repeats.
+    """
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, max_norm)
+    opt.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.item()
+
+
+def _closure_loss(closure: Callable | None):
+    """``torch.optim``'s protocol: ``step(closure)`` re-evaluates the loss with gradients on."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 # --- one step, with every intermediate value (for worked examples) ------------------------------
 
 def sgd_step(theta, grad, lr: float, buf=None, momentum: float = 0.0):
@@ -72,10 +95,7 @@ class SGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
@@ -114,10 +134,7 @@ class Adam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:

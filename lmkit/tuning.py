@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lmkit.data.loaders import random_batch
+from lmkit.optim import optimizer_step
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,6 +50,15 @@ def make_gpt(vocab_size: int, block_size: int = 64, n_layer: int = 2, n_embd: in
                          n_embd=n_embd, **kw))
 
 
+def _train_step(model, opt, lr, train_ids, batch_size, gen, device, grad_clip=None) -> float:
+    """Set the learning rate, draw a batch, take one optimizer step; returns the batch loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    x, y = random_batch(train_ids, model.config.block_size, batch_size, gen)
+    _, loss = model(x.to(device), y.to(device))
+    return optimizer_step(loss, opt, model.parameters() if grad_clip else None, grad_clip or 1.0)
+
+
 def train_steps(model, train_ids: torch.Tensor, steps: int, lr_fn, batch_size: int = 16, seed: int = 0,
                 weight_decay: float = 0.0, grad_clip: float = 1.0, betas=(0.9, 0.95), stop_loss: float | None = None,
                 device: str = "cpu") -> dict:
@@ -64,16 +74,7 @@ def train_steps(model, train_ids: torch.Tensor, steps: int, lr_fn, batch_size: i
     out = {"lr": [], "loss": []}
     for step in range(steps):
         lr = lr_fn(step)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x, y = random_batch(train_ids, model.config.block_size, batch_size, gen)
-        _, loss = model(x.to(device), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        value = loss.item()
+        value = _train_step(model, opt, lr, train_ids, batch_size, gen, device, grad_clip)
         out["lr"].append(lr)
         out["loss"].append(value)
         if not math.isfinite(value) or (stop_loss is not None and value > stop_loss):
@@ -110,14 +111,7 @@ def lr_range_test(model, train_ids: torch.Tensor, lr_min: float = 1e-5, lr_max: 
     avg, best = 0.0, float("inf")
     for step in range(steps):
         lr = lr_min * factor**step
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x, y = random_batch(train_ids, model.config.block_size, batch_size, gen)
-        _, loss = model(x.to(device), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        value = loss.item()
+        value = _train_step(model, opt, lr, train_ids, batch_size, gen, device)
         if not math.isfinite(value):
             break
         avg = beta * avg + (1 - beta) * value

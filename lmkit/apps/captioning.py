@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmkit.apps.seq2seq import DecoderLayer, EncoderLayer, Seq2SeqConfig
+from lmkit.apps.seq2seq import DecoderLayer, EncoderLayer, Seq2SeqConfig, pad_batch
+from lmkit.optim import optimizer_step
 
 COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3, 0.95), "yellow": (0.95, 0.85, 0.1)}
 SHAPES = ["circle", "square", "triangle"]
@@ -134,8 +135,7 @@ def images_tensor(scenes) -> torch.Tensor:
 def captions_tensor(scenes, vocab: CaptionVocab) -> torch.Tensor:
     """Scenes -> padded caption ids (B, T) = <bos> words <eos> <pad>..."""
     seqs = [vocab.encode(s.caption) for s in scenes]
-    t = max(map(len, seqs))
-    return torch.tensor([q + [0] * (t - len(q)) for q in seqs])
+    return pad_batch(seqs)
 
 
 @dataclass
@@ -232,11 +232,7 @@ def train_captioner(model: Captioner, scenes, vocab: CaptionVocab, steps: int = 
             group["lr"] = lr * min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         idx = torch.randint(0, len(scenes), (batch_size,), generator=g).to(device)
         loss = model.loss(images[idx], tokens[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(loss, opt, model.parameters()))
     model.eval()
     return losses
 

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmkit.data.corpora import book_dir
+from lmkit.optim import optimizer_step
 
 SENTIMENT_CSV = Path("data") / "sentiment" / "reviews.csv"  # relative to the book's folder
 
@@ -169,10 +170,7 @@ def train_gru(train_texts, train_labels, labels, epochs: int = 15, batch_size: i
         for idx in _batches(len(train_texts), batch_size, g):
             ids, lens = vocab.encode_batch([train_texts[i] for i in idx])
             loss = F.cross_entropy(model(ids.to(device), lens), y[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
+            total += optimizer_step(loss, opt) * len(idx)
         losses.append(total / len(train_texts))
     return model.eval(), vocab, losses
 
@@ -237,12 +235,7 @@ def finetune_encoder(train_texts, train_labels, labels, epochs: int = 2, batch_s
             batch = tokenizer([train_texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
                               return_tensors="pt").to(device)
             loss = F.cross_entropy(model(batch["input_ids"], batch["attention_mask"]), y[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+            losses.append(optimizer_step(loss, opt, model.parameters(), scheduler=sched))
     return model.eval(), tokenizer, losses
 
 

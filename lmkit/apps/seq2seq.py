@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmkit.nn import FeedForward, sinusoidal_positions
+from lmkit.optim import optimizer_step
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 
@@ -206,12 +207,7 @@ def train_seq2seq(model, pairs, src_vocab: Vocab, tgt_vocab: Vocab, steps: int =
         idx = torch.randint(len(pairs), (batch_size,), generator=g).tolist()
         src, tgt = make_batch([pairs[i] for i in idx], src_vocab, tgt_vocab)
         loss = model.loss(src.to(device), tgt.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(loss, opt, model.parameters(), scheduler=sched))
     model.eval()
     return losses
 

@@ -92,8 +92,11 @@ def structured_prune(
 
 
 @torch.no_grad()
-def sparsity_report(model: nn.Module, skip: Iterable[str] = ()) -> dict:
+def sparsity_report(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP) -> dict:
     """Fraction of exactly-zero weights in each ``nn.Linear`` and overall. Explained in chapter 16.
+
+    ``skip`` defaults to the layers the pruning functions leave alone (the tied ``lm_head``), so
+    that the report covers exactly what they prune; pass ``skip=()`` to count every linear layer.
 
     Uses the effective weight (``weight`` is ``weight_orig * weight_mask`` while a pruning mask is
     attached). Returns ``{"zeros", "total", "sparsity", "layers": [{"name", "zeros", "total",
