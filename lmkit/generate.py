@@ -10,6 +10,8 @@ default) and raises ``ValueError`` otherwise.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -59,11 +61,14 @@ def generate(
     seed: int | None = None,
     truncate: bool = True,
     eos_id: int | None = None,
+    before_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Continue prompts idx (B, T) by max_new_tokens tokens; returns (B, T + new).
 
     ``seed`` makes sampling reproducible (a private generator; the global RNG is untouched).
-    Generation stops early when every row has produced ``eos_id``.
+    Generation stops early when every row has produced ``eos_id``. ``before_step(n)`` is called
+    before each model call with the number of tokens generated so far; an exception it raises
+    stops generation (the server's per-request deadline, chapter 13).
     """
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(f"idx must be a non-empty (batch, time) tensor of token ids, got shape {tuple(idx.shape)}")
@@ -86,7 +91,9 @@ def generate(
     model.eval()
     cache, decode_step = None, DecodeStep(model) if use_cache else None
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
+    for produced in range(max_new_tokens):
+        if before_step is not None:
+            before_step(produced)
         if idx.size(1) - start >= window:  # window full: restart it from the last half
             start = idx.size(1) - window // 2
             cache = None

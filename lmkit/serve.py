@@ -82,24 +82,17 @@ class GenerationTimeout(Exception):
         self.produced = produced
 
 
-class _DeadlineModel:
-    """Wraps the model for :func:`lmkit.generate.generate`: checks the deadline before every call.
-
-    ``generate`` calls the model once per new token, so the check stops generation within one
+def deadline_check(deadline: float):
+    """``before_step`` for :func:`lmkit.generate.generate`: raise once ``time.monotonic()`` passes
+    ``deadline``. ``generate`` calls it before every model call, so generation stops within one
     token of the deadline while the tokens themselves are exactly those ``generate`` would pick.
     """
 
-    def __init__(self, model, deadline: float):
-        self._model, self._deadline, self.calls = model, deadline, 0
+    def check(produced: int):
+        if time.monotonic() > deadline:
+            raise GenerationTimeout(produced)
 
-    def __call__(self, *args, **kwargs):
-        if time.monotonic() > self._deadline:
-            raise GenerationTimeout(self.calls)
-        self.calls += 1
-        return self._model(*args, **kwargs)
-
-    def __getattr__(self, name):  # config, parameters(), training, eval(), train()
-        return getattr(self._model, name)
+    return check
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,11 +347,9 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
         return _error_response(500, f"internal error: {type(exc).__name__}: {_short(str(exc), 200)}")
 
     def run_generation(ids: list[int], req, seed: int, deadline: float):
-        guard = _DeadlineModel(model, deadline)
         idx = torch.tensor([ids], dtype=torch.long, device=device)
-        out = generate(
-            guard, idx, req.max_new_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=seed
-        )
+        out = generate(model, idx, req.max_new_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+                       seed=seed, before_step=deadline_check(deadline))
         return out[0].tolist()
 
     errors = {

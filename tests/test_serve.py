@@ -27,7 +27,7 @@ from lmkit.serve import (  # noqa: E402
     BackgroundServer,
     GenerationTimeout,
     ServerLimits,
-    _DeadlineModel,
+    deadline_check,
     add_serve_arguments,
     create_app,
     limits_from_args,
@@ -332,13 +332,17 @@ def test_full_queue_gets_503(checkpoint):
 
 def test_deadline_model_stops_generate(reference):
     model, tok = reference
-    guard = _DeadlineModel(model, time.monotonic() - 1)
     with pytest.raises(GenerationTimeout) as e:
-        generate(guard, torch.tensor([tok.encode("ab")]), 10)
+        generate(model, torch.tensor([tok.encode("ab")]), 10, before_step=deadline_check(time.monotonic() - 1))
     assert e.value.produced == 0
-    guard = _DeadlineModel(model, time.monotonic() + 60)  # no deadline hit: exactly generate()
-    a = generate(guard, torch.tensor([tok.encode("ab")]), 10, seed=1)
-    assert torch.equal(a, generate(model, torch.tensor([tok.encode("ab")]), 10, seed=1)) and guard.calls == 10
+    calls = []
+
+    def counting(produced):
+        calls.append(produced)
+        deadline_check(time.monotonic() + 60)(produced)  # no deadline hit: exactly generate()
+
+    a = generate(model, torch.tensor([tok.encode("ab")]), 10, seed=1, before_step=counting)
+    assert torch.equal(a, generate(model, torch.tensor([tok.encode("ab")]), 10, seed=1)) and calls == list(range(10))
 
 
 # ---------------------------------------------------------------------------------------------
