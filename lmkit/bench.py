@@ -68,19 +68,24 @@ def bench_training(steps: int = 10, n_layer=4, n_head=4, n_embd=128, block_size=
             "transformers_tokens_per_s": round(hf, 1), "ratio": round(lm / hf, 3)}
 
 
-def _time(fn, repeats: int = 3):
-    """Best wall time of ``repeats`` calls, and the last result."""
-    best = float("inf")
-    out = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
+def _interleaved_best_times(fns: dict, rounds: int) -> tuple[dict, dict]:
+    """Best wall time of each zero-argument function over ``rounds`` rounds, and its last result.
+
+    The functions alternate within each round, so that a slow spell of the machine (other jobs,
+    frequency changes) hits all of them rather than whichever happened to be running.
+    """
+    best = {name: float("inf") for name in fns}
+    out = {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            out[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best, out
 
 
 @torch.no_grad()
-def bench_decode(new_tokens: int = 256, name: str = "char-gpt", repeats: int = 3):
+def bench_decode(new_tokens: int = 256, name: str = "char-gpt", rounds: int = 5):
     """Greedy decode tokens/s: lmkit cached, transformers generate, lmkit uncached."""
     from lmkit.generate import generate
     from lmkit.pretrained import load_pretrained, to_hf_gpt2
@@ -90,19 +95,23 @@ def bench_decode(new_tokens: int = 256, name: str = "char-gpt", repeats: int = 3
     prompt = torch.tensor([tok.encode("The ")])
     # transformers cannot go past its position table: compare both at the longest length it allows
     n_hf = min(new_tokens, model.config.block_size - prompt.size(1))
-    t_cached, ours = _time(lambda: generate(model, prompt, n_hf, temperature=0, use_cache=True), repeats)
-    t_hf, theirs = _time(lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_hf,
-                                             min_new_tokens=n_hf, do_sample=False, pad_token_id=0), repeats)
-    t_long_cached, _ = _time(lambda: generate(model, prompt, new_tokens, temperature=0, use_cache=True), repeats)
-    t_long_nocache, _ = _time(lambda: generate(model, prompt, new_tokens, temperature=0, use_cache=False), repeats)
+    t, out = _interleaved_best_times({
+        "cached": lambda: generate(model, prompt, n_hf, temperature=0, use_cache=True),
+        "transformers": lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_hf,
+                                            min_new_tokens=n_hf, do_sample=False, pad_token_id=0),
+        "long_cached": lambda: generate(model, prompt, new_tokens, temperature=0, use_cache=True),
+        "long_uncached": lambda: generate(model, prompt, new_tokens, temperature=0, use_cache=False),
+    }, rounds)
     return {
-        "model": name, "prompt_tokens": prompt.size(1),
-        "vs_transformers": {"new_tokens": n_hf, "lmkit_cached_tokens_per_s": round(n_hf / t_cached, 1),
-                            "transformers_generate_tokens_per_s": round(n_hf / t_hf, 1),
-                            "ratio": round(t_hf / t_cached, 2), "same_tokens": bool(torch.equal(ours, theirs))},
-        "cache_vs_no_cache": {"new_tokens": new_tokens, "cached_tokens_per_s": round(new_tokens / t_long_cached, 1),
-                              "uncached_tokens_per_s": round(new_tokens / t_long_nocache, 1),
-                              "speedup": round(t_long_nocache / t_long_cached, 2)},
+        "model": name, "prompt_tokens": prompt.size(1), "rounds": rounds,
+        "vs_transformers": {"new_tokens": n_hf, "lmkit_cached_tokens_per_s": round(n_hf / t["cached"], 1),
+                            "transformers_generate_tokens_per_s": round(n_hf / t["transformers"], 1),
+                            "ratio": round(t["transformers"] / t["cached"], 2),
+                            "same_tokens": bool(torch.equal(out["cached"], out["transformers"]))},
+        "cache_vs_no_cache": {"new_tokens": new_tokens, "cached_tokens_per_s": round(new_tokens / t["long_cached"], 1),
+                              "uncached_tokens_per_s": round(new_tokens / t["long_uncached"], 1),
+                              "speedup": round(t["long_uncached"] / t["long_cached"], 2),
+                              "same_tokens": bool(torch.equal(out["long_cached"], out["long_uncached"]))},
     }
 
 
