@@ -51,6 +51,9 @@ def test_block_with_hooks_or_wrapper_falls_back_to_forward():
     model = GPT(tiny()).eval()
     model.transformer.h[0].register_forward_pre_hook(lambda m, args: None)
     assert not DecodeStep(model).fused
+    embedded = GPT(tiny()).eval()
+    embedded.transformer.wte.register_forward_hook(lambda m, args, out: None)
+    assert not DecodeStep(embedded).fused
 
     class Counting:  # a wrapper like lmkit.serve's deadline guard: every step must go through it
         def __init__(self, m):

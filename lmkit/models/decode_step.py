@@ -46,9 +46,10 @@ class DecodeStep:
         from lmkit.nn import FeedForward
 
         self.model = model
-        self.fused = isinstance(model, GPT) and _plain(model, type(model)) and all(
-            _plain(b, Block) and _plain(b.attn, CausalSelfAttention) and _plain(b.mlp, FeedForward)
-            and b.mlp.activation == "gelu" for b in model.transformer.h
+        self.fused = (
+            isinstance(model, GPT) and _plain(model, type(model)) and _plain(model.transformer.wte, nn.Embedding)
+            and all(_plain(b, Block) and _plain(b.attn, CausalSelfAttention) and _plain(b.mlp, FeedForward)
+                    and b.mlp.activation == "gelu" for b in model.transformer.h)
         )
         if not self.fused:  # e.g. a wrapper that counts calls: every step goes through it
             return
