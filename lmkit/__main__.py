@@ -97,8 +97,17 @@ def cmd_train(args):
         "steps": history["step"][-1] if history["step"] else 0,
         "train_config": {k: v for k, v in vars(tcfg).items() if k not in ("out_dir", "progress")},
     }
+    if device.startswith("cuda"):
+        from lmkit.train import gpu_peak_flops, mfu
+
+        name = torch.cuda.get_device_name()
+        peak = gpu_peak_flops(name)
+        info["gpu"] = name
+        if peak and info["tokens_per_s"]:
+            info["mfu"] = round(mfu(info["tokens_per_s"], model.flops_per_token(), peak), 4)
     save_model(out, model.to("cpu"), tok, info)
-    print(json.dumps({k: info[k] for k in ("val_loss", "train_time_s", "tokens_per_s", "params", "steps")}))
+    print(json.dumps({k: info[k] for k in ("val_loss", "train_time_s", "tokens_per_s", "params", "steps", "mfu")
+                      if k in info}))
 
 
 def cmd_generate(args):

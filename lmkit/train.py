@@ -256,3 +256,14 @@ def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: Tra
 def mfu(tokens_per_s: float, flops_per_token: int, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak. Chapter 10."""
     return tokens_per_s * flops_per_token / peak_flops
+
+
+# Dense (no sparsity) bf16 tensor-core peaks in FLOP/s from the vendors' data sheets (fp16 for the
+# T4 and V100, which have no bf16). More specific names first: "H100 PCIe" before "H100".
+GPU_PEAK_FLOPS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
+                  ("L4", 121e12), ("T4", 65e12), ("V100", 125e12))
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    """Peak FLOP/s of a GPU from ``torch.cuda.get_device_name()``; None when it is not in the table."""
+    return next((peak for key, peak in GPU_PEAK_FLOPS if key in device_name), None)

@@ -133,3 +133,14 @@ def test_exact_resume_after_sigkill(tmp_path):
         assert torch.equal(a[k], b[k]), k
     # no temporary files left behind by the atomic writes
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_gpu_peak_flops_lookup_and_mfu():
+    from lmkit.train import gpu_peak_flops, mfu
+
+    assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_peak_flops("NVIDIA H200") == 989e12
+    assert gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert gpu_peak_flops("Some Future GPU") is None
+    assert mfu(1000.0, 6 * 10**9, 989e12) == pytest.approx(6e12 / 989e12)
