@@ -1,18 +1,20 @@
 # Shortcuts for the scripts under scripts/ (the scripts need only bash and Python 3.10+).
 #   make book                      set up .venv, build the HTML book into _build/html
 #   make test                      every test, as CI runs it (scripts/test.sh)
+#   make lock                      regenerate requirements/lock.txt (UPGRADE=1: newest releases)
+#   make check-latest              unit tests with the newest releases, unlocked (drift check)
 #   make execute NB=book/chNN_x.ipynb   execute one notebook in place, top to bottom, offline
 #   make nbval NB=book/chNN_x.ipynb     re-check one notebook's NBVAL_CHECK_OUTPUT cells
 #   make status                    re-render book/status.md from book/status.json
 #   make lab                       open the chapters in JupyterLab
-#   make clean                     remove _build (the execution cache too) and _vendor (fetched JavaScript)
+#   make clean                     remove _build (the execution cache too), _vendor (fetched JavaScript), .venv-latest
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NB ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: setup book test execute nbval status lab clean
+.PHONY: setup book test lock check-latest execute nbval status lab clean
 
 setup:
 	bash scripts/setup.sh
@@ -22,6 +24,12 @@ book:
 
 test:
 	bash scripts/test.sh
+
+lock: setup
+	bash scripts/lock.sh
+
+check-latest:
+	bash scripts/check_latest.sh
 
 execute: setup
 	@test -n "$(NB)" || { echo "usage: make execute NB=book/chNN_slug.ipynb"; exit 2; }
@@ -38,4 +46,4 @@ lab: setup
 	$(VENV)/bin/jupyter lab book/
 
 clean:
-	rm -rf _build _vendor
+	rm -rf _build _vendor .venv-latest

@@ -3,7 +3,7 @@
 #
 #   bash scripts/test.sh
 #
-# 1. set-up: .venv with lmkit[apps,serve,book,test] (scripts/setup.sh), offline JavaScript for
+# 1. set-up: .venv with exactly requirements/lock.txt (scripts/setup.sh), offline JavaScript for
 #    the HTML book (scripts/fetch_static.py);
 # 2. pytest: lmkit's unit tests, the book's conventions, and every notebook of _toc.yml run
 #    by papermill, which writes run time and peak memory to the status page (book/status.md);
@@ -38,13 +38,15 @@ mapfile -t NOTEBOOKS < <("$PY" tests/book_toc.py)
 start=$(date +%s)
 echo "=== test.sh: set-up took $(( start - t0 )) s; ${#NOTEBOOKS[@]} notebooks in _toc.yml"
 
-names=() codes=() summaries=()
+names=() codes=() summaries=() seconds=()
 run() {  # run NAME PYTEST-ARGS...: one pytest invocation, logged; remembers its summary line
   local name=$1; shift
   echo
   echo "=== [$name] $(date -u +%H:%M:%S) pytest $*"
+  local t=$(date +%s)
   "$PY" -m pytest "$@" 2>&1 | tee "$LOGS/$name.log"
   local rc=${PIPESTATUS[0]}
+  seconds+=("$(( $(date +%s) - t ))")
   local summary
   summary=$(grep -E '^=+ .*( in [0-9.]+s).* =+$' "$LOGS/$name.log" | tail -n 1)
   names+=("$name") codes+=("$rc") summaries+=("${summary:-(no pytest summary; exit $rc)}")
@@ -67,7 +69,7 @@ status=0
 failed_last=()
 for i in "${!names[@]}"; do
   if [ "${codes[$i]}" -eq 0 ]; then
-    echo "[${names[$i]}] ok"
+    echo "[${names[$i]}] ok (${seconds[$i]} s)"
     echo "${summaries[$i]}"
   else
     status=1
@@ -75,7 +77,7 @@ for i in "${!names[@]}"; do
   fi
 done
 for i in "${failed_last[@]}"; do
-  echo "[${names[$i]}] FAILED (exit ${codes[$i]})"
+  echo "[${names[$i]}] FAILED (exit ${codes[$i]}; ${seconds[$i]} s)"
   echo "${summaries[$i]}"
 done
 exit $status

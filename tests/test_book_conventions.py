@@ -256,6 +256,37 @@ def test_nbval_markers(notebook):
             pytest.fail(f"code cell {i}: '# NBVAL_CHECK_OUTPUT' must be the cell's first line")
 
 
+# What a checked cell must not print: a library's internals change with its version (the lock
+# pins them for CI, but readers and the next lock do not), so nbval would fail on a library
+# upgrade, not on a change of the book. Print what the chapter teaches instead (hasattr, a shape).
+INTERNALS_IN_SOURCE = re.compile(r"\.keys\(\)|\bdir\(|\bvars\(|__dict__|__version__|getsource\(")
+INTERNALS_IN_OUTPUT = re.compile(
+    r"^\s*\(\w+\): [A-Z]\w*\("      # a module repr: "(wte): Embedding(103, 128)"
+    r"|object at 0x|<class '|odict_keys|dict_keys\(|Config \{"
+    r"|\b\d+\.\d+\.\d+\+(cpu|cu\d+)\b",  # a torch build string
+    re.M)
+
+
+def checked_stdout(cell) -> str:
+    return "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                   for o in cell.get("outputs", [])
+                   if not (o.get("output_type") == "stream" and o.get("name") == "stderr"))
+
+
+def test_checked_outputs_avoid_library_internals(notebook):
+    path, nb = notebook
+    for i, cell in enumerate(code_cells(nb)):
+        text = src(cell)
+        if not text.lstrip().startswith("# NBVAL_CHECK_OUTPUT"):
+            continue
+        code = "\n".join(line.split("#")[0] for line in text.splitlines())
+        found = INTERNALS_IN_SOURCE.search(code) or INTERNALS_IN_OUTPUT.search(checked_stdout(cell))
+        assert not found, (
+            f"code cell {i} is checked by nbval and prints a library's internals "
+            f"({found.group(0).strip()!r}): print what the chapter teaches (hasattr, a shape, a "
+            "count), or drop '# NBVAL_CHECK_OUTPUT' from the cell")
+
+
 def test_widgets_have_saved_state_and_a_static_figure(notebook):
     path, nb = notebook
     views = [out["data"][WIDGET_VIEW]["model_id"] for c in code_cells(nb)
