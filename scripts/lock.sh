@@ -4,7 +4,7 @@
 #
 #   bash scripts/lock.sh             # keep every pin that still satisfies pyproject.toml
 #   UPGRADE=1 bash scripts/lock.sh   # move every package to its newest allowed release
-#   TORCH=2.14.1 bash scripts/lock.sh  # change the PyTorch release (kept as it is otherwise)
+#   TORCH=2.14.1 bash scripts/lock.sh  # change the PyTorch release (requirements/torch.txt)
 #
 # The lock is universal (Python >= 3.10, Linux/macOS/Windows: uv writes environment markers where
 # versions differ). PyTorch's CUDA packages (nvidia-*, triton, cuda-*) are left out: setup.sh
@@ -17,18 +17,19 @@ cd "$(dirname "$0")/.."
 LOCK=requirements/lock.txt
 UV=${UV:-.venv/bin/uv}
 [ -x "$UV" ] || UV=$(command -v uv) || { echo "lock: uv not found: run bash scripts/setup.sh first" >&2; exit 1; }
-TORCH=${TORCH:-$(sed -nE 's/^torch==([^ ;]+).*/\1/p' "$LOCK" | head -1)}
-[ -n "$TORCH" ] || { echo "lock: no torch pin in $LOCK; set TORCH=2.x.y" >&2; exit 1; }
+# PyTorch moves only when asked: requirements/torch.txt holds its pin.
+[ -n "${TORCH:-}" ] && echo "torch==$TORCH" > requirements/torch.txt
+TORCH=$(sed -nE 's/^torch==([^ ;]+).*/\1/p' requirements/torch.txt)
+[ -n "$TORCH" ] || { echo "lock: requirements/torch.txt has no torch==x.y.z; set TORCH=2.x.y" >&2; exit 1; }
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-echo "torch==$TORCH" > "$tmp/torch.txt"
 compile=("$UV" pip compile pyproject.toml requirements/tools.in --all-extras --universal
-         --python-version 3.10 -c "$tmp/torch.txt" --quiet)
+         --python-version 3.10 -c requirements/torch.txt --quiet)
 [ "${UPGRADE:-0}" = 1 ] && compile+=(--upgrade)
 
 # Which of torch's dependencies are its CUDA runtime: resolve torch alone, keep those names.
-"$UV" pip compile "$tmp/torch.txt" --universal --python-version 3.10 --quiet --no-header \
+"$UV" pip compile requirements/torch.txt --universal --python-version 3.10 --quiet --no-header \
   --no-annotate -o "$tmp/torch-deps.txt"
 no_emit=()
 for name in $(grep -oE '^(nvidia-[A-Za-z0-9-]+|triton|cuda-[A-Za-z-]+)' "$tmp/torch-deps.txt" | sort -u); do
