@@ -35,7 +35,9 @@ numbers in the cells marked to be checked and compares them with the committed o
 shows, for each chapter, the wall time of the whole notebook and the peak memory (resident set
 size) of the kernel and any processes it started, from the last recorded run. Notebooks run two
 at a time, so times include some contention. A chapter over its one-minute budget is marked
-with a warning sign.
+with a warning sign. A chapter that passed only on a second run, after its first run stalled
+(a cell's reply lost while the kernel sat idle, jupyter/nbclient#312), says so; if it stalls in
+two recorded runs in a row, the test fails.
 
 This page is written by `tests/test_notebooks_papermill.py`; do not edit it by hand.
 """
@@ -88,11 +90,17 @@ def load() -> dict:
     return {"notebooks": {}}
 
 
-def record(notebook: Path, *, wall_s: float, peak_mib: float | None, result: str) -> dict:
-    """Store one run (``result``: passed, failed or timeout) and re-render the page."""
+def record(notebook: Path, *, wall_s: float, peak_mib: float | None, result: str,
+           retries: int = 0) -> dict:
+    """Store one run (``result``: passed, failed or timeout) and re-render the page.
+
+    ``retries``: 1 when the run shown is a second run, after the first stalled with the kernel idle
+    (jupyter/nbclient#312; tests/papermill_run.py).
+    """
     entry = {
         "title": title_of(notebook),
         "result": result,
+        "retries": retries,
         "wall_s": round(wall_s, 1),
         "peak_mib": None if peak_mib is None else round(peak_mib),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -126,6 +134,8 @@ def render(data: dict) -> str:
             continue
         over = entry["result"] == "passed" and entry["wall_s"] > BUDGET_S
         result = entry["result"] + (" ⚠ over budget" if over else "")
+        if entry.get("retries"):
+            result += " (after a retry: the first run stalled, jupyter/nbclient#312)"
         peak = "" if entry["peak_mib"] is None else f"{entry['peak_mib']:,}"
         rows.append(f"| {link} | {result} | {entry['wall_s']:.1f} | {peak} | "
                     f"{entry['date']}; {_machine_text(entry['machine'])} |")

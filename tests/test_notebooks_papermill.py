@@ -5,6 +5,11 @@ directory is the notebook's folder, with a time limit for the whole notebook
 (``LMKIT_NOTEBOOK_TIMEOUT``, seconds). Wall time and the peak memory of the kernel's process tree
 are recorded on the book's status page (tests/notebook_status.py). The executed copies are kept
 in ``_build/papermill/`` for inspection.
+
+papermill runs through tests/papermill_run.py, which tells a cell timeout's two causes apart. Only
+the lost-reply stall of jupyter/nbclient#312 (the kernel idle, its reply lost) earns one retry; the
+retry is printed and shown on the status page, and a notebook that stalls again, in the retry or
+in the previous recorded run, fails. A cell still executing at its timeout fails at once.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ import pytest
 
 from book_toc import ROOT, notebook_id, toc_notebooks
 import notebook_status
+from papermill_run import BUSY, STALL
 
 NOTEBOOK_TIMEOUT = float(os.environ.get("LMKIT_NOTEBOOK_TIMEOUT", "300"))
-# No cell of the book needs this long on a CPU; a cell that does has almost surely lost its reply
-# (an nbclient race with widget cells under load, jupyter/nbclient#312), and is run again once.
+# No cell of the book needs this long on a CPU (tests/papermill_run.py says why one ran past it).
 CELL_TIMEOUT = float(os.environ.get("LMKIT_CELL_TIMEOUT", "150"))
 OUT_DIR = ROOT / "_build" / "papermill"
 
@@ -101,14 +106,20 @@ class Run:
     log: str
     pids: frozenset = frozenset()  # processes started under papermill (kernel and children)
 
+    @property
+    def stalled(self) -> bool:
+        """A cell timed out with the kernel idle and its reply lost (jupyter/nbclient#312)."""
+        return STALL in self.log
 
-def run_papermill(notebook: Path, output: Path, timeout: float, cell_timeout: float = CELL_TIMEOUT) -> Run:
+
+def run_papermill(notebook: Path, output: Path, timeout: float, cell_timeout: float = CELL_TIMEOUT,
+                  env: dict | None = None) -> Run:
     """Execute ``notebook`` with papermill (offline, python3 kernel, cwd = its folder)."""
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(output),
+    cmd = [sys.executable, str(Path(__file__).with_name("papermill_run.py")), str(notebook), str(output),
            "--kernel", "python3", "--cwd", str(notebook.parent),
            "--execution-timeout", str(int(min(cell_timeout, timeout))),
            "--no-progress-bar", "--log-level", "WARNING"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    env = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -131,13 +142,29 @@ def run_papermill(notebook: Path, output: Path, timeout: float, cell_timeout: fl
 @pytest.mark.parametrize("notebook", toc_notebooks(), ids=notebook_id)
 def test_notebook_runs(notebook: Path):
     OUT_DIR.mkdir(parents=True, exist_ok=True)
+    docname = str(notebook.relative_to(ROOT).with_suffix(""))
+    stalled_before = notebook_status.load()["notebooks"].get(docname, {}).get("retries", 0) > 0
     run = run_papermill(notebook, OUT_DIR / notebook.name, NOTEBOOK_TIMEOUT)
-    if run.result == "timeout" or "CellTimeoutError" in run.log:
-        print(f"{notebook.name}: a cell timed out; running the notebook once more (jupyter/nbclient#312)")
+    retries = 0
+    if run.stalled and not stalled_before:
+        print(f"{notebook.name}: RETRY: a cell stalled (kernel idle, execute_reply lost, "
+              f"jupyter/nbclient#312) after {run.wall_s:.0f} s; running the notebook once more")
+        retries = 1
+        first_log = run.log
         run = run_papermill(notebook, OUT_DIR / notebook.name, NOTEBOOK_TIMEOUT)
     entry = notebook_status.record(notebook, wall_s=run.wall_s, peak_mib=run.peak_mib,
-                                   result=run.result)
-    print(f"{notebook.name}: {run.result}, {entry['wall_s']} s, peak {entry['peak_mib']} MiB")
+                                   result=run.result, retries=retries)
+    print(f"{notebook.name}: {run.result}, {entry['wall_s']} s, peak {entry['peak_mib']} MiB"
+          + (", after 1 retry" if retries else ""))
+    assert not (run.stalled and stalled_before), (
+        f"{notebook.name} stalled (jupyter/nbclient#312) in this run and in the previous recorded "
+        f"one (book/status.json): a stall that repeats is a bug to fix, not to retry\n{run.log[-4000:]}")
+    assert not (run.stalled and retries), (
+        f"{notebook.name} stalled twice in a row (jupyter/nbclient#312)\n"
+        f"first run:\n{first_log[-2000:]}\nretry:\n{run.log[-2000:]}")
+    assert BUSY not in run.log, (
+        f"{notebook.name}: a cell was still executing after {CELL_TIMEOUT:.0f} s "
+        f"(LMKIT_CELL_TIMEOUT)\n{run.log[-4000:]}")
     assert run.result != "timeout", (
         f"{notebook.name} did not finish in {NOTEBOOK_TIMEOUT:.0f} s "
         f"(LMKIT_NOTEBOOK_TIMEOUT); its defaults must run in about a minute\n{run.log[-4000:]}")
@@ -183,3 +210,15 @@ def test_papermill_timeout_kills_the_kernel(tmp_path):
         except psutil.NoSuchProcess:
             pass
     assert not alive, f"processes left running after the timeout: {alive}"
+
+
+@pytest.mark.slow
+def test_cell_timeouts_are_diagnosed(tmp_path):
+    """A lost reply is a STALL (retried); a cell still running is BUSY (never retried)."""
+    nb = _tiny_notebook(tmp_path / "stall.ipynb", "X = 1", "# drop-this-reply\nY = X + 1")
+    run = run_papermill(nb, tmp_path / "out.ipynb", timeout=120, cell_timeout=5,
+                        env={"LMKIT_PAPERMILL_DROP_REPLY": "# drop-this-reply"})
+    assert run.result == "failed" and run.stalled and BUSY not in run.log, run.log[-3000:]
+    nb = _tiny_notebook(tmp_path / "busy.ipynb", "SECONDS = 60", "import time; time.sleep(SECONDS)")
+    run = run_papermill(nb, tmp_path / "out.ipynb", timeout=120, cell_timeout=5)
+    assert run.result == "failed" and BUSY in run.log and not run.stalled, run.log[-3000:]
