@@ -426,17 +426,45 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
 
 def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits | None = None,
           device: str = "cpu", log_level: str = "info") -> None:
-    """Serve a checkpoint with uvicorn until interrupted (Ctrl-C). Explained in chapter 13."""
+    """Serve a checkpoint with uvicorn until interrupted (Ctrl-C). Explained in chapter 13.
+
+    ``port=0`` lets the operating system pick a free port; the line printed at start names it.
+    """
+    app = create_app(checkpoint, limits, device=device)
+    _serve_forever(app, host, port, log_level)
+
+
+def _serve_forever(app, host: str, port: int, log_level: str) -> None:
+    """Bind ``host:port`` here, print ``lmkit serve: listening on http://HOST:PORT``, serve until interrupted.
+
+    The socket is bound and listening before the line is printed, so with ``port=0`` a caller reads
+    the real port from the first line of stdout: no "find a free port, close it, bind it again"
+    race. Connections that arrive before the app has started wait in the listen backlog.
+    """
     import uvicorn
 
-    app = create_app(checkpoint, limits, device=device)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    sock = config.bind_socket()  # exits with uvicorn's message if the port is taken
+    try:
+        sock.listen(config.backlog)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"lmkit serve: listening on http://{shown}:{sock.getsockname()[1]}", flush=True)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:  # the app failed to start (uvicorn logged why), as uvicorn.run does
+        raise SystemExit(3)
 
 
 class BackgroundServer:
     """Run an ASGI app with uvicorn in a daemon thread on a free port (notebooks, tests). Chapter 13.
 
     ``with BackgroundServer(app) as url: httpx.post(url + "/generate", json=...)``
+
+    The socket is bound here (``port=0``: the operating system picks a free one) and handed to
+    uvicorn, so ``self.port`` is the port actually served, with no window for another process to
+    take it between choosing and binding.
     """
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
@@ -476,7 +504,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     d = ServerLimits()
     parser.add_argument("--checkpoint", required=True, help="directory written by lmkit.checkpoint.save_model")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 = all; default %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 = a free port, printed at start (default %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device for the model (default %(default)s)")
     parser.add_argument("--max-prompt-chars", type=int, default=d.max_prompt_chars, help="default %(default)s")
     parser.add_argument("--max-prompt-tokens", type=int, default=None, help="default: the model's block_size")
@@ -508,7 +536,7 @@ def run_server(args: argparse.Namespace) -> None:
     """
     try:
         import torch
-        import uvicorn
+        import uvicorn  # noqa: F401  (missing server extras: say so before loading the model)
 
         limits = limits_from_args(args)
         if args.threads:
@@ -519,7 +547,7 @@ def run_server(args: argparse.Namespace) -> None:
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"lmkit serve: error: {e}")
 
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    _serve_forever(app, args.host, args.port, args.log_level)
 
 
 def main(argv: list[str] | None = None) -> None:

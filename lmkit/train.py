@@ -7,7 +7,7 @@ precision (bf16 autocast on CPU and CUDA; fp16 with a gradient scaler on CUDA), 
 
 Exact resume works because nothing depends on hidden state: the batch of step ``s`` is drawn from
 a generator seeded with ``(seed, rank, s)``, and the checkpoint stores the weights, the optimizer
-moments, the global RNG state (for dropout) and the metrics so far.
+moments, the global RNG state (for dropout; the GPU's too when training on one) and the metrics so far.
 """
 from __future__ import annotations
 
@@ -148,6 +148,9 @@ def save_train_state(path, model, opt, step: int, history: dict, cfg: TrainConfi
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
     tensors["rng.cpu"] = torch.get_rng_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":  # dropout on a GPU draws from that device's generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     meta = {"step": step, "history": history, "train_config": asdict(cfg), **opt_meta}
     if hasattr(model, "config"):
         meta["model_config"] = model.config.to_dict()
@@ -161,6 +164,9 @@ def load_train_state(path, model, opt) -> tuple[int, dict]:
     model.load_state_dict(model_sd)
     _restore_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta)
     torch.set_rng_state(tensors["rng.cpu"])
+    device = next(model.parameters()).device
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     return int(meta["step"]), meta["history"]
 
 

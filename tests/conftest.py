@@ -16,6 +16,25 @@ for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Hypothesis (the fuzzing tests of lmkit.serve, and schemathesis, which runs on it): replayable.
+# "ci", the default, is derandomized: the examples are a function of the test's source, so a failure
+# recurs on every run and prints a @reproduce_failure blob. (derandomize=True implies database=None
+# in Hypothesis.) "dev" (HYPOTHESIS_PROFILE=dev or --hypothesis-profile=dev) explores new random
+# examples and keeps failing ones in .hypothesis/examples (git-ignored), where the next run replays
+# them first. Neither has a per-example deadline: on a loaded CI machine timings say nothing.
+try:
+    from hypothesis import settings as _hypothesis_settings
+    from hypothesis.database import DirectoryBasedExampleDatabase
+except ImportError:  # hypothesis is a test extra; tests that need it skip
+    pass
+else:
+    _hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+    _hypothesis_settings.register_profile(
+        "dev", derandomize=False, deadline=None, print_blob=True,
+        database=DirectoryBasedExampleDatabase(ROOT / ".hypothesis" / "examples"),
+    )
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 
 @pytest.fixture(scope="session")
 def built_book():

@@ -25,6 +25,14 @@ def test_each_subcommand_has_help(name):
     assert out.returncode == 0 and "usage:" in out.stdout
 
 
+def test_serve_help_documents_port_zero():
+    """``serve --port 0``: the server binds a free port itself and prints it (tests/test_serve.py)."""
+    pytest.importorskip("uvicorn")
+    out = run("serve", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--port PORT" in out.stdout and "0 = a free port, printed at start" in " ".join(out.stdout.split())
+
+
 def test_generate_from_shipped_checkpoint():
     out = run("generate", "--pretrained", "char-gpt", "--prompt", "The ", "--max-new-tokens", "40", "--seed", "1")
     assert out.returncode == 0, out.stderr

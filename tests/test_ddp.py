@@ -84,3 +84,107 @@ def test_gpipe_schedule_and_bubble():
         assert t == sorted(t, reverse=True)
     with pytest.raises(ValueError):
         D.bubble_fraction(0, 1)
+
+
+# A test-only torchrun worker: it runs lmkit's own command line (`python -m lmkit train ...`), and
+# wraps two names of lmkit.train (looked up by cmd_train at call time) to record every micro-batch
+# the trainer draws and this rank's weights when train() returns.
+_TRAIN_WORKER = '''
+import os, sys
+from safetensors.torch import save_file
+import lmkit.train as T
+from lmkit.__main__ import main
+
+dump, argv = sys.argv[1], sys.argv[2:]
+real_batch, real_train = T.random_batch, T.train
+drawn = []
+
+def recording_batch(*args, **kwargs):
+    x, y = real_batch(*args, **kwargs)
+    drawn.append((x.clone(), y.clone()))
+    return x, y
+
+def train_and_dump(model, *args, **kwargs):
+    history = real_train(model, *args, **kwargs)
+    tensors = {"w." + n: v.detach().clone().contiguous() for n, v in model.state_dict().items()}
+    for i, (x, y) in enumerate(drawn):
+        tensors[f"x.{i}"], tensors[f"y.{i}"] = x, y
+    save_file(tensors, os.path.join(dump, f"rank{os.environ['RANK']}.safetensors"))
+    return history
+
+T.random_batch, T.train = recording_batch, train_and_dump
+main(argv)
+'''
+
+
+def _train_argv(out, batch_size: int, steps: int, grad_accum: int) -> list[str]:
+    return D.tiny_train_args(str(out), steps=steps, extra=[
+        "--corpus", "book", "--block-size", "16", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+        "--batch-size", str(batch_size), "--grad-accum", str(grad_accum), "--warmup", "0", "--seed", "7",
+        "--device", "cpu"])[1:]  # ["train", ...]: what follows `python -m lmkit`
+
+
+def _single_process_weights(out, batches: list, batch_size: int, steps: int, grad_accum: int, monkeypatch):
+    """lmkit's trainer in this process (world size 1), its k-th draw replaced by ``batches[k]``."""
+    import lmkit.train as T
+    from lmkit.__main__ import main
+
+    feed, got = iter(batches), {}
+    real_train = T.train
+
+    def train_and_keep(model, *args, **kwargs):
+        history = real_train(model, *args, **kwargs)
+        got.update({n: v.detach().clone() for n, v in model.state_dict().items()})
+        return history
+
+    with monkeypatch.context() as m:
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            m.delenv(var, raising=False)
+        m.setattr(T, "random_batch", lambda ids, block, n, gen=None: next(feed))
+        m.setattr(T, "train", train_and_keep)
+        main(_train_argv(out, batch_size, steps, grad_accum))
+    assert next(feed, None) is None, "the trainer drew fewer micro-batches than the ranks did"
+    return got
+
+
+def test_lmkit_trainer_ddp_equals_single_process_on_the_global_batch(tmp_path, monkeypatch):
+    """Two gloo ranks of ``python -m lmkit train`` (2 steps, 2 micro-batches of 2 sequences each)
+    end with the weights of one process trained on the global batch: at every micro-batch, rank 0's
+    sequences and rank 1's sequences together (4 sequences). Both ranks end bit-identical, and the
+    two ranks draw different sequences (else the global batch is one batch twice).
+
+    Kills: ``no_sync()`` on every micro-batch (gradients never all-reduced: the ranks diverge and
+    differ from the single process); the rank dropped from the batch seed in lmkit.train (both
+    ranks draw the same batch).
+    """
+    from safetensors.torch import load_file
+
+    # tol: DDP vs one process differ by about 5e-7 (all-reduce order); both bugs move weights by about 1e-2
+    per_rank, steps, accum, tol = 2, 2, 2, 1e-5
+    script = tmp_path / "ddp_train_worker.py"
+    script.write_text(_TRAIN_WORKER)
+    D.launch([str(script), str(tmp_path), *_train_argv(tmp_path / "ddp", per_rank, steps, accum)],
+             nproc=2, module=False, timeout=300)
+    dumps = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    weights = [{k[2:]: v for k, v in d.items() if k.startswith("w.")} for d in dumps]
+    drawn = [[(d[f"x.{i}"], d[f"y.{i}"]) for i in range(sum(k.startswith("x.") for k in d))] for d in dumps]
+    assert len(drawn[0]) == len(drawn[1]) == steps * accum
+
+    # every rank trains on its own data; the same draw on both ranks makes the global batch one batch twice
+    for k, ((x0, _), (x1, _)) in enumerate(zip(*drawn)):
+        assert not torch.equal(x0, x1), f"micro-batch {k}: rank 1 drew rank 0's sequences (rank missing from the seed?)"
+
+    # the all-reduce keeps every replica identical
+    bad = [n for n in weights[0] if not torch.equal(weights[0][n], weights[1][n])]
+    assert not bad, f"ranks end with different weights in {bad[:3]} (gradients not synchronised?)"
+
+    union = [(torch.cat([x0, x1]), torch.cat([y0, y1])) for (x0, y0), (x1, y1) in zip(*drawn)]
+    ref = _single_process_weights(tmp_path / "single", union, 2 * per_rank, steps, accum, monkeypatch)
+    diff = {n: (weights[0][n] - ref[n]).abs().max().item() for n in ref}
+    worst = max(diff, key=diff.get)
+    assert diff[worst] < tol, f"DDP differs from one process on the global batch: {worst} by {diff[worst]:.3g}"
+
+    # the comparison has power: one batch twice (rank 0's) gives weights far from the global batch's
+    twice = [(torch.cat([x0, x0]), torch.cat([y0, y0])) for (x0, y0), _ in zip(*drawn)]
+    dup = _single_process_weights(tmp_path / "twice", twice, 2 * per_rank, steps, accum, monkeypatch)
+    assert max((dup[n] - ref[n]).abs().max().item() for n in ref) > 100 * tol

@@ -1,5 +1,7 @@
 """Unit tests for lmkit.interpret (chapter 29), on a tiny random GPT."""
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lmkit.interpret import (attention_entropy, char_class, logit_lens, logit_lens_stats,
                              previous_token_score, probe_layers, residual_features)
@@ -22,7 +24,53 @@ def test_logit_lens_last_layer_equals_model_output():
     assert len(stats) == 3 and stats[-1]["agree_final"] == 1.0 and abs(stats[-1]["kl_final"]) < 1e-6
 
 
+def test_logit_lens_intermediate_layer_equals_hooked_residual_decoded():
+    """Kills: intermediate layers decoded without the final LayerNorm; entries shifted by one layer
+    (e.g. the first block's output reported as layer 0 or 2); every entry the model's output.
+
+    Block 0's output is captured by a forward hook written here and decoded by hand:
+    layer_norm(h) with ln_f's weight and bias, then h @ wte.T (the tied unembedding)."""
+    m = _model()
+    with torch.no_grad():  # weights 25x larger than at init: confident, layer-dependent predictions
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(25)
+    idx = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(3))
+    seen = []
+    handle = m.transformer.h[0].register_forward_hook(lambda mod, args, out: seen.append(out.detach()))
+    try:
+        lens = logit_lens(m, idx)
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    ln = m.transformer.ln_f
+
+    def decode(h):
+        return F.layer_norm(h, (16,), ln.weight, ln.bias, ln.eps) @ m.transformer.wte.weight.T
+
+    torch.testing.assert_close(lens[1], decode(seen[0]), atol=1e-5, rtol=1e-5)
+    embedded = m.transformer.wte.weight[idx] + m.transformer.wpe.weight[:8]
+    torch.testing.assert_close(lens[0], decode(embedded), atol=1e-5, rtol=1e-5)
+    # not vacuous: the layers differ, and skipping the norm would be visible
+    assert (lens[1] - lens[2]).abs().max() > 0.5 and (lens[0] - lens[1]).abs().max() > 0.5
+    assert (seen[0] @ m.transformer.wte.weight.T - lens[1]).abs().max() > 0.5
+
+    # the per-layer statistics of layer 1, from the hooked logits
+    stats = logit_lens_stats(m, idx)
+    lg, final = decode(seen[0])[:, :-1], m(idx)[0][:, :-1]
+    target = idx[:, 1:]
+    assert stats[1]["layer"] == 1
+    want_loss = F.cross_entropy(lg.reshape(-1, 11), target.reshape(-1)).item()
+    assert abs(stats[1]["loss"] - want_loss) < 1e-5 * want_loss
+    assert stats[1]["acc"] == (lg.argmax(-1) == target).float().mean().item()
+    assert stats[1]["agree_final"] == (lg.argmax(-1) == final.argmax(-1)).float().mean().item()
+    p_final = final.softmax(-1)
+    want_kl = (p_final * (p_final.log() - lg.log_softmax(-1))).sum(-1).mean().item()
+    assert want_kl > 0.05 and abs(stats[1]["kl_final"] - want_kl) < 1e-4 * want_kl
+
+
 def test_probe_layers_finds_a_linear_signal():
+    """Kills: a majority baseline from the wrong split or labels (the old check was 0 < majority <= 1)."""
     m = _model()
     idx = torch.randint(0, 11, (8, 16))
     feats = residual_features(m, idx)
@@ -30,7 +78,13 @@ def test_probe_layers_finds_a_linear_signal():
     labels = (idx.reshape(-1) % 2).numpy()       # parity of the current token: readable at layer 0
     res = probe_layers(feats, labels, seed=0, C=100.0)
     assert len(res) == 3 and res[0]["test_acc"] > 0.8
-    assert 0 < res[0]["majority"] <= 1
+    assert [r["layer"] for r in res] == [0, 1, 2]
+    # the majority baseline, recomputed from the same split (seed 0, 70 % train)
+    perm = np.random.default_rng(0).permutation(128)
+    tr, te = perm[:89], perm[89:]
+    maj = np.bincount(labels[tr]).argmax()
+    assert all(r["majority"] == float((labels[te] == maj).mean()) for r in res)
+    assert res[0]["test_acc"] > res[0]["majority"] + 0.2  # the probe reads the signal, not the base rate
 
 
 def test_attention_helpers():

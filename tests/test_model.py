@@ -92,6 +92,70 @@ def test_tied_embeddings_and_gpt2_init():
     assert model.num_params() == sum(p.numel() for p in set(model.parameters()))
 
 
+def test_tied_embedding_is_one_matrix_trained_by_both_uses():
+    """Kills: an untied (copied) output head; a head that reads a detached copy of the embedding, so
+    the embedding's gradient misses the output-layer term; the shared matrix counted twice.
+
+    The gradient of the tied matrix must be the sum of the gradients its two uses get when they are
+    separate parameters (an untied twin built here with the same values)."""
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    wte, head = model.transformer.wte.weight, model.lm_head.weight
+    assert head is wte and head.data_ptr() == wte.data_ptr()
+    names = [n for n, p in model.named_parameters() if p is wte]
+    assert names == ["transformer.wte.weight"]  # one Parameter, listed once
+    assert model.num_params() == sum(p.numel() for p in model.parameters())
+    assert model.num_params() == sum(p.numel() for n, p in model.state_dict().items() if n != "lm_head.weight")
+
+    idx = torch.randint(0, 37, (2, 10), generator=torch.Generator().manual_seed(1))
+    _, loss = model(idx, idx)
+    loss.backward()
+    twin = GPT(tiny())
+    twin.load_state_dict(model.state_dict())
+    twin.lm_head.weight = torch.nn.Parameter(model.transformer.wte.weight.detach().clone())  # untied
+    assert twin.num_params() == model.num_params() + 37 * 16  # untied, the head is a second V x d matrix
+    # the twin's head applied by hand (not through GPT.forward): logits = ln_f(h) @ W_head.T
+    h = twin.transformer.ln_f(twin.hidden_states(idx)[-1])
+    loss_twin = F.cross_entropy((h @ twin.lm_head.weight.T).view(-1, 37), idx.view(-1))
+    loss_twin.backward()
+    assert torch.allclose(loss, loss_twin)
+    emb_grad, head_grad = twin.transformer.wte.weight.grad, twin.lm_head.weight.grad
+    assert head_grad.abs().max() > 1e-3 and emb_grad.abs().max() > 1e-3  # both terms matter
+    torch.testing.assert_close(wte.grad, emb_grad + head_grad, atol=1e-7, rtol=1e-5)
+
+    # one optimizer step moves the embedding and the head together, and the tie survives copies
+    before = wte.detach().clone()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    assert (model.transformer.wte.weight - before).abs().max() > 1e-3
+    assert torch.equal(model.lm_head.weight, model.transformer.wte.weight)
+    import copy
+
+    for other in (copy.deepcopy(model), model.double()):
+        assert other.lm_head.weight is other.transformer.wte.weight
+
+
+def test_attention_maps_equal_an_independent_computation():
+    """Kills: attention maps taken before the softmax, without the 1/sqrt(head_dim) scale, with the
+    mask on the wrong side, or with heads / q and k split in the wrong order.
+
+    Layer 0 worked out here from the model's weights: x = wte + wpe, q, k from ln_1(x) @ c_attn."""
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    idx = torch.randint(0, 37, (2, 7), generator=torch.Generator().manual_seed(2))
+    maps = model.attention_maps(idx)
+    blk, C, H = model.transformer.h[0], 16, 2
+    x = model.transformer.wte.weight[idx] + model.transformer.wpe.weight[:7]
+    h = F.layer_norm(x, (C,), blk.ln_1.weight, blk.ln_1.bias, blk.ln_1.eps)
+    qkv = h @ blk.attn.c_attn.weight.T + blk.attn.c_attn.bias
+    q, k = qkv[..., :C], qkv[..., C : 2 * C]
+    q = q.reshape(2, 7, H, C // H).transpose(1, 2)
+    k = k.reshape(2, 7, H, C // H).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(C // H)
+    scores = scores.masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(maps[0], torch.softmax(scores, -1), atol=1e-6, rtol=1e-5)
+    assert (maps[0] - maps[1]).abs().max() > 1e-3  # the two layers differ: layer 0 is not a stand-in
+
+
 def test_parameter_count_formula():
     c = tiny(n_layer=3, n_embd=32, n_head=4, vocab_size=50, block_size=16)
     d, L = c.n_embd, c.n_layer

@@ -97,3 +97,92 @@ def test_errors():
         optim.SGD([torch.zeros(1, requires_grad=True)], lr=-1)
     with pytest.raises(ValueError):
         optim.Adam([torch.zeros(1, requires_grad=True)], betas=(1.0, 0.9))
+
+
+# --- bias correction where it matters ----------------------------------------------------------
+# With betas (0.9, 0.99) the step-1 corrections cancel: (1 - 0.9) = sqrt(1 - 0.99), so Adam without
+# them takes the same first step. With (0.8, 0.9), 1 - b1 = 0.2 but sqrt(1 - b2) = 0.316: they differ.
+
+def test_adam_step_hand_computed_first_two_steps():
+    """Kills: bias correction dropped (or applied to only one moment, or with t - 1 / t + 1) in adam_step.
+
+    theta = 0, gradients -2 then +1, lr 0.1, betas (0.8, 0.9):
+      t=1: m = -0.4, v = 0.4, m_hat = -0.4 / 0.2 = -2, v_hat = 0.4 / 0.1 = 4, theta = 0 + 0.1 * 2 / 2 = 0.1
+           (uncorrected: 0.1 * 0.4 / sqrt(0.4) = 0.0632)
+      t=2: m = 0.8 * -0.4 + 0.2 = -0.12, v = 0.9 * 0.4 + 0.1 = 0.46,
+           m_hat = -0.12 / 0.36 = -1/3, v_hat = 0.46 / 0.19, theta = 0.1 + 0.1 / 3 / sqrt(0.46 / 0.19) = 0.1214228
+    """
+    out1 = optim.adam_step(0.0, -2.0, 0.0, 0.0, t=1, lr=0.1, betas=(0.8, 0.9), eps=0.0)
+    assert out1["m"] == pytest.approx(-0.4) and out1["v"] == pytest.approx(0.4)
+    assert out1["m_hat"] == pytest.approx(-2.0) and out1["v_hat"] == pytest.approx(4.0)
+    assert out1["theta"] == pytest.approx(0.1, rel=1e-12)
+    out2 = optim.adam_step(out1["theta"], 1.0, out1["m"], out1["v"], t=2, lr=0.1, betas=(0.8, 0.9), eps=0.0)
+    assert out2["m"] == pytest.approx(-0.12) and out2["v"] == pytest.approx(0.46)
+    assert out2["m_hat"] == pytest.approx(-1 / 3) and out2["v_hat"] == pytest.approx(0.46 / 0.19)
+    assert out2["theta"] == pytest.approx(0.1214228, abs=1e-7)
+
+
+@pytest.mark.parametrize("cls", [optim.Adam, optim.AdamW])
+def test_adam_class_hand_computed_first_two_steps(cls):
+    """Kills: bias correction dropped, or taken at the wrong step count, in the Adam / AdamW classes."""
+    x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = cls([x], lr=0.1, betas=(0.8, 0.9), eps=0.0, weight_decay=0.0)
+    for g, want in ((-2.0, 0.1), (1.0, 0.1214228)):
+        x.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+        assert x.item() == pytest.approx(want, abs=1e-7)
+
+
+ADAM_SETTINGS = [
+    dict(betas=(0.8, 0.9)),
+    dict(betas=(0.5, 0.6)),
+    dict(betas=(0.9, 0.999)),
+    dict(betas=(0.99, 0.9)),  # b1 > b2: the second moment forgets faster
+    dict(betas=(0.7, 0.95), weight_decay=0.3),
+    dict(betas=(0.8, 0.9), eps=0.05),  # eps comparable to sqrt(v_hat): where it is added matters
+]
+
+
+@pytest.mark.parametrize("decoupled", [False, True], ids=["Adam", "AdamW"])
+@pytest.mark.parametrize("kw", ADAM_SETTINGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_adam_every_step_matches_torch(kw, decoupled):
+    """Kills: bias corrections off, swapped between the moments or at t - 1; eps inside the square
+    root; L2 decay put in the moments for AdamW (or decoupled for Adam); decay not scaled by lr.
+
+    Fixed gradients of different signs and sizes, every parameter compared after each of 6 steps
+    (float64: the two implementations differ only in rounding)."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(7, generator=g, dtype=torch.float64) * s for s in (1.0, 0.05, 3.0, 0.5, 0.01, 1.0)]
+    start = torch.randn(7, generator=g, dtype=torch.float64)
+    ours, theirs = start.clone().requires_grad_(True), start.clone().requires_grad_(True)
+    kw = dict(dict(lr=0.05, eps=1e-8, weight_decay=0.0), **kw)
+    opt_a = (optim.AdamW if decoupled else optim.Adam)([ours], **kw)
+    opt_b = (torch.optim.AdamW if decoupled else torch.optim.Adam)([theirs], **kw)
+    theta, m, v = start.clone(), 0.0, 0.0
+    for t, grad in enumerate(grads, start=1):
+        for p, opt in ((ours, opt_a), (theirs, opt_b)):
+            p.grad = grad.clone()
+            opt.step()
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-10, atol=1e-12)
+        out = optim.adam_step(theta, grad, m, v, t, decoupled=decoupled, **kw)  # the worked-example function
+        theta, m, v = out["theta"], out["m"], out["v"]
+        torch.testing.assert_close(theta, theirs.detach(), rtol=1e-10, atol=1e-12)
+    assert (ours.detach() - start).abs().min() > 1e-3  # the parameters did move
+
+
+def test_defaults_match_torch():
+    """Kills: a changed default (eps, betas, lr, AdamW's weight decay) in the classes or in adam_step:
+    every other test passes its hyperparameters explicitly."""
+    import inspect
+
+    x = [torch.zeros(1, requires_grad=True)]
+    for ours, theirs in ((optim.Adam, torch.optim.Adam), (optim.AdamW, torch.optim.AdamW), (optim.SGD, None)):
+        got = ours(x).defaults
+        if theirs is None:  # torch.optim.SGD has no default lr; ours is 0.01, no momentum or decay
+            assert (got["lr"], got["momentum"], got["weight_decay"]) == (1e-2, 0.0, 0.0)
+            continue
+        want = theirs(x).defaults
+        for key in ("lr", "betas", "eps", "weight_decay"):
+            assert got[key] == want[key], (ours, key)
+    sig = inspect.signature(optim.adam_step).parameters
+    assert (sig["lr"].default, sig["betas"].default, sig["eps"].default, sig["weight_decay"].default) == (1e-3, (0.9, 0.999), 1e-8, 0.0)

@@ -101,12 +101,16 @@ def _cli_train(out, steps, extra=()):
 
 
 def test_exact_resume_after_sigkill(tmp_path):
-    """N steps straight == N/2 steps, SIGKILL, resume to N: identical final weights."""
+    """N steps straight == N/2 steps, SIGKILL, resume to N: identical final weights (with dropout: RNG restored).
+
+    Kills: load_train_state not restoring the RNG state (dropout masks after the resume differ).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_cli_train(straight, 40), check=True, env=env, capture_output=True, timeout=300)
+    extra = ("--dropout", "0.1")
+    subprocess.run(_cli_train(straight, 40, extra), check=True, env=env, capture_output=True, timeout=300)
     # run towards 40 steps but kill the process once a checkpoint at step >= 20 exists
-    proc = subprocess.Popen(_cli_train(killed, 40), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli_train(killed, 40, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / "ckpt.safetensors"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -125,14 +129,21 @@ def test_exact_resume_after_sigkill(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
-    subprocess.run(_cli_train(killed, 40), check=True, env=env, capture_output=True, timeout=300)
+    from lmkit.checkpoint import load_tensors
+
+    # the kill was mid-run (not after the last checkpoint), so the resume below really resumes
+    assert 0 < load_tensors(ckpt)[1]["step"] < 40, "killed before the first or after the last checkpoint"
+    # a SIGKILL that lands inside an atomic write leaves that write's temporary file (nothing can remove it)
+    left_by_kill = {p.name for p in killed.iterdir() if p.name.endswith(".tmp")}
+    subprocess.run(_cli_train(killed, 40, extra), check=True, env=env, capture_output=True, timeout=300)
     a = load_file(straight / "model.safetensors")
     b = load_file(killed / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    # no temporary files left behind by the atomic writes
-    assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
+    # no temporary files left behind by the atomic writes of the runs that were not killed
+    assert not [p for p in straight.iterdir() if p.name.endswith(".tmp")]
+    assert {p.name for p in killed.iterdir() if p.name.endswith(".tmp")} == left_by_kill
 
 
 def test_gpu_peak_flops_lookup_and_mfu():
