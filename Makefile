@@ -3,6 +3,7 @@
 #   make test                      every test, as CI runs it (scripts/test.sh)
 #   make lock                      regenerate requirements/lock.txt (UPGRADE=1: newest releases)
 #   make check-latest              unit tests with the newest releases, unlocked (drift check)
+#   make mutate                    mutation testing of lmkit's core (mutmut; hours on 2 cores)
 #   make execute NB=book/chNN_x.ipynb   execute one notebook in place, top to bottom, offline
 #   make nbval NB=book/chNN_x.ipynb     re-check one notebook's NBVAL_CHECK_OUTPUT cells
 #   make status                    re-render book/status.md from book/status.json
@@ -14,7 +15,7 @@ PY := $(VENV)/bin/python
 NB ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: setup book test lock check-latest execute nbval status lab clean
+.PHONY: setup book test lock check-latest mutate execute nbval status lab clean
 
 setup:
 	bash scripts/setup.sh
@@ -31,6 +32,9 @@ lock: setup
 check-latest:
 	bash scripts/check_latest.sh
 
+mutate:
+	bash scripts/mutate.sh
+
 execute: setup
 	@test -n "$(NB)" || { echo "usage: make execute NB=book/chNN_slug.ipynb"; exit 2; }
 	$(PY) scripts/execute_notebook.py $(NB)
@@ -46,4 +50,4 @@ lab: setup
 	$(VENV)/bin/jupyter lab book/
 
 clean:
-	rm -rf _build _vendor .venv-latest
+	rm -rf _build _vendor .venv-latest mutants
