@@ -795,16 +795,15 @@ def read_listening_line(proc, limit_s=120):
             return int(m.group(1))
 
 
-def test_cli_serves_in_a_subprocess(checkpoint, reference, tmp_path):
+def test_cli_serves_in_a_subprocess(checkpoint, reference):
     """``python -m lmkit serve --port 0``: the server binds a free port itself and prints it, so
     there is no window between choosing the port and binding it (the CLI wires add_serve_arguments
-    + run_server). The child runs in an empty folder with PYTHONPATH kept in front of the checkout,
-    so a (mutated) copy of lmkit on PYTHONPATH is what it imports, as in this process."""
-    pythonpath = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)
+    + run_server). The child runs in the checkout the tests belong to, so it imports the same lmkit
+    as this process (under mutmut: the mutated copy in mutants/, with its configuration)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "lmkit", "serve", "--checkpoint", str(checkpoint), "--port", "0",
          "--threads", "1", "--log-level", "warning"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": pythonpath}, stdout=subprocess.PIPE,
+        cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )
     try:
