@@ -186,3 +186,62 @@ def test_defaults_match_torch():
             assert got[key] == want[key], (ours, key)
     sig = inspect.signature(optim.adam_step).parameters
     assert (sig["lr"].default, sig["betas"].default, sig["eps"].default, sig["weight_decay"].default) == (1e-3, (0.9, 0.999), 1e-8, 0.0)
+
+
+# --- defaults and validation, by behaviour (mutmut, scripts/mutate.sh, found these unchecked) ----
+
+def test_step_functions_defaults_by_behaviour():
+    """Kills: adam_step's default lr or ``decoupled`` changed, its ``update`` entry lost; sgd_step's
+    default momentum changed, or the plain-SGD branch taken for another momentum (a signature
+    check cannot see a changed default inside a wrapper: call without the arguments)."""
+    g, theta = 0.5, 2.0
+    out = optim.adam_step(theta, g, 0.0, 0.0, t=1)  # step 1: m_hat = g, v_hat = g^2, update = lr
+    assert out["update"] == pytest.approx(1e-3 * g / (abs(g) + 1e-8), rel=1e-12)
+    assert out["theta"] == pytest.approx(theta - out["update"], rel=1e-15)
+    coupled = optim.adam_step(theta, g, 0.0, 0.0, t=1, weight_decay=0.1)
+    assert coupled["m"] == pytest.approx(0.1 * (g + 0.1 * theta))  # L2 enters the moments by default
+    new_theta, buf = optim.sgd_step(theta, g, 0.1)
+    assert (new_theta, buf) == (pytest.approx(theta - 0.1 * g), None)
+    assert optim.sgd_step(theta, g, 0.1, buf=3.0, momentum=0.0) == (pytest.approx(theta - 0.1 * g), None)
+
+
+def test_optimizer_step_clears_clips_steps_and_schedules():
+    """Kills: optimizer_step's default max_norm changed, clipping of other parameters than
+    ``clip_params``, no zero_grad before backward, the scheduler not stepped."""
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    other = torch.nn.Parameter(torch.tensor([30.0, 40.0]))
+    opt = torch.optim.SGD([w, other], lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    w.grad = torch.full((2,), 100.0)  # a stale gradient that must be cleared first
+    loss = (w * w.detach()).sum() + (other * other.detach()).sum()  # grad = (3, 4) and (30, 40)
+    assert optim.optimizer_step(loss, opt, clip_params=[w], scheduler=sched) == pytest.approx(2525.0)
+    torch.testing.assert_close(w.detach(), torch.tensor([3.0 - 0.6, 4.0 - 0.8]))  # |(3,4)| = 5 -> 1
+    torch.testing.assert_close(other.detach(), torch.tensor([0.0, 0.0]))  # not clipped
+    assert opt.param_groups[0]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("make_opt, message", [
+    (lambda p: optim.SGD(p, lr=0.0), "lr must be positive, got 0.0"),
+    (lambda p: optim.Adam(p, lr=0.0), "lr must be positive, got 0.0"),
+    (lambda p: optim.SGD(p, momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+    (lambda p: optim.SGD(p, momentum=1.5), r"momentum must be in \[0, 1\), got 1.5"),
+    (lambda p: optim.Adam(p, betas=(0.9, 1.0)), r"betas must lie in \[0, 1\), got \(0.9, 1.0\)"),
+    (lambda p: optim.make("lion", p, 0.1), r"unknown optimizer 'lion'; choose one of \['adam'"),
+])
+def test_refused_at_the_boundary_with_a_message(make_opt, message):
+    """Kills: ``<=`` relaxed to ``<`` (lr 0 accepted), momentum 1 accepted, messages lost."""
+    with pytest.raises(ValueError, match=message):
+        make_opt([torch.zeros(1, requires_grad=True)])
+
+
+def test_accepted_at_the_boundary():
+    """Kills: beta 0 refused (``0 <= b`` tightened to ``0 < b``)."""
+    optim.Adam([torch.zeros(1, requires_grad=True)], betas=(0.0, 0.0))
+    optim.SGD([torch.zeros(1, requires_grad=True)], momentum=0.0)
+
+
+def test_trajectory_passes_the_optimizer_arguments():
+    """Kills: trajectory() dropping ``**kwargs`` (momentum would silently be 0)."""
+    path = optim.trajectory(lambda x: (x ** 2).sum(), [1.0], "sgd", lr=0.1, steps=2, momentum=0.5)
+    # x1 = 1 - 0.1 * 2 = 0.8 (buf = 2); buf = 0.5 * 2 + 1.6 = 2.6; x2 = 0.8 - 0.26 = 0.54
+    torch.testing.assert_close(path[:, 0], torch.tensor([1.0, 0.8, 0.54], dtype=torch.float64))

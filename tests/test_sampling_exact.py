@@ -260,3 +260,22 @@ def test_beam_search_without_eos_finds_the_best_sequence_greedy_misses():
     best, score = beam_search(model, torch.tensor([[D]]), 2, num_beams=2, length_penalty=0.0)
     assert best.tolist() == [[D, B, B]]
     assert score == pytest.approx(math.log(0.4) + math.log(0.9), abs=1e-5)
+
+
+def test_next_token_default_temperature_is_one():
+    """Kills: next_token's default temperature changed (every other test passes it explicitly).
+    p(token 0) = softmax([2, 0])_0 = 0.881 at T = 1 but 0.731 at T = 2; 20,000 draws put the
+    observed share within 5 standard errors (0.011) of the right one."""
+    n = 20_000
+    logits = torch.tensor([[2.0, 0.0]]).expand(n, 2)
+    draws = next_token(logits, generator=torch.Generator().manual_seed(0))
+    share = (draws == 0).float().mean().item()
+    p = torch.softmax(torch.tensor([2.0, 0.0]), 0)[0].item()
+    assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / n), (share, p)
+
+
+@pytest.mark.parametrize("top_p", [0.0, -0.1, 1.0001, 1.5])
+def test_top_p_outside_the_unit_interval_is_refused(top_p):
+    """Kills: the upper bound of top_p relaxed (``top_p <= 2``: 1.5 silently keeps everything)."""
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        filter_logits(torch.zeros(1, 4), top_p=top_p)
