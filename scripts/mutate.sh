@@ -3,7 +3,9 @@
 # mutmut plants one small bug at a time (a changed operator, constant or condition) in a copy of
 # the modules under mutants/ and runs the tests that cover it; a mutant the tests do not notice
 # "survives". Not part of CI: a full run takes hours on 2 cores. Results are kept, so a killed
-# run continues where it stopped.
+# run continues where it stopped. After changing tests, start clean (`rm -rf mutants`): mutmut keeps
+# which tests cover which function, and a stale map runs the wrong tests (mutants then "survive").
+# Code that runs only in subprocesses (torchrun workers, the CLI) cannot be mapped: "no tests".
 #
 #   bash scripts/mutate.sh                      # every module of [tool.mutmut].only_mutate
 #   bash scripts/mutate.sh lmkit/optim.py ...   # only these modules
