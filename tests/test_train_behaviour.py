@@ -373,3 +373,70 @@ def test_fp16_overflow_skips_the_step_and_backs_off(monkeypatch, grad_clip):
     _assert_equal_weights(_weights(model), before)
     assert made[0].get_scale() == 2.0 ** 23  # backoff factor 0.5
     assert len(hist["train_loss"]) == 1 and torch.isfinite(torch.tensor(hist["train_loss"][0]))
+
+
+# --- found unchecked by mutmut (scripts/mutate.sh; docs/mutation.md) ------------------------------
+
+@pytest.mark.parametrize("env, want", [
+    ({}, (0, 1, 0)),
+    ({"RANK": "3", "WORLD_SIZE": "4"}, (3, 4, 0)),
+    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1)),
+    ({"RANK": "3"}, (0, 1, 0)),
+    ({"WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (0, 1, 0)),
+])
+def test_ddp_info_reads_torchrun_environment(monkeypatch, env, want):
+    """Kills: rank/world/local rank read from the wrong variable, a default other than 0, and
+    ``and`` weakened to ``or`` (half a torchrun environment taken for DDP). Only torchrun workers
+    call this in the other tests, where mutmut cannot see it."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert lmkit.train._ddp_info() == want
+
+
+def test_lr_schedule_ends_and_stays_at_min_lr():
+    """Kills: the cosine's progress clamped above 1 (the rate climbs again after max_steps) and the
+    decay length floored at 2 instead of 1 (one decay step would stop halfway)."""
+    cfg = _cfg(max_steps=10, warmup_steps=2, lr=1e-3, min_lr=1e-4)
+    assert lr_at(10, cfg) == pytest.approx(1e-4) and lr_at(15, cfg) == pytest.approx(1e-4)
+    one = _cfg(max_steps=3, warmup_steps=2, lr=1e-3, min_lr=1e-4)
+    assert lr_at(2, one) == pytest.approx(1e-3) and lr_at(3, one) == pytest.approx(1e-4)
+
+
+def test_train_state_records_both_configs(tmp_path):
+    """Kills: the train_config or model_config entry of a training checkpoint renamed or emptied
+    (what resume and evaluation read back to rebuild the run)."""
+    from dataclasses import asdict
+
+    model, cfg = _model(), _cfg()
+    opt = make_optimizer(model, cfg)
+    save_train_state(tmp_path / "s.safetensors", model, opt, 3, {"train_loss": [1.0]}, cfg)
+    _, meta = load_tensors(tmp_path / "s.safetensors")
+    assert meta["train_config"] == json_roundtrip(asdict(cfg))
+    assert meta["model_config"] == json_roundtrip(model.config.to_dict())
+    assert meta["step"] == 3 and meta["history"] == {"train_loss": [1.0]}
+
+
+def test_cpu_resume_ignores_a_cuda_generator_state(tmp_path, monkeypatch):
+    """Kills: the CUDA generator restored for a model that is not on CUDA (``!=`` for ``==``), which
+    on a CPU-only machine fails (or starts CUDA) when a checkpoint written on a GPU is resumed."""
+    model, cfg = _model(), _cfg()
+    opt = make_optimizer(model, cfg)
+    path = tmp_path / "s.safetensors"
+    save_train_state(path, model, opt, 1, {}, cfg)
+    tensors, meta = load_tensors(path)
+    tensors["rng.cuda"] = torch.zeros(16, dtype=torch.uint8)  # as if written on a GPU
+    lmkit.checkpoint.save_tensors(path, tensors, meta)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.cuda.set_rng_state called for a CPU model")
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state", refuse)
+    assert load_train_state(path, _model(), make_optimizer(_model(), cfg))[0] == 1
+
+
+def json_roundtrip(obj):
+    import json
+
+    return json.loads(json.dumps(obj))
