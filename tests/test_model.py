@@ -191,3 +191,22 @@ def test_attention_maps_rows_sum_to_one_and_are_causal():
     assert maps.shape == (2, 1, 2, 7, 7)
     assert torch.allclose(maps.sum(-1), torch.ones(2, 1, 2, 7), atol=1e-5)
     assert maps.triu(diagonal=1).abs().max() == 0
+
+
+def test_parameter_count_and_flops_by_hand():
+    """Kills: num_params' non-embedding branch (wpe not subtracted, or subtracted for RoPE models,
+    which have no wpe) and a changed flops_per_token formula or seq_len default (mutmut found both
+    unchecked). Every number here is counted by hand from the configuration."""
+    from lmkit.models import GPT, GPTConfig
+
+    V, T, L, H, C = 11, 16, 2, 2, 8
+    block = 4 * C * C + 4 * C + 2 * C + (C * 4 * C + 4 * C) + (4 * C * C + C) + 2 * C  # attn, 2 norms, mlp
+    total = V * C + T * C + L * block + 2 * C  # tied head counted once; final norm
+    learned = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C))
+    assert learned.num_params() == total
+    assert learned.num_params(non_embedding=True) == total - T * C
+    rope = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, pos_emb="rope"))
+    assert rope.num_params() == rope.num_params(non_embedding=True) == total - T * C
+    n = total - T * C
+    assert learned.flops_per_token() == 6 * n + 12 * L * H * (C // H) * T
+    assert learned.flops_per_token(seq_len=5) == 6 * n + 12 * L * H * (C // H) * 5
