@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +148,9 @@ def test_notebook_runs(notebook: Path):
     run = run_papermill(notebook, OUT_DIR / notebook.name, NOTEBOOK_TIMEOUT)
     retries = 0
     if run.stalled and not stalled_before:
-        print(f"{notebook.name}: RETRY: a cell stalled (kernel idle, execute_reply lost, "
-              f"jupyter/nbclient#312) after {run.wall_s:.0f} s; running the notebook once more")
+        # a warning, so the retry shows in pytest's summary of a passing run too
+        warnings.warn(f"{notebook.name}: RETRY: a cell stalled (kernel idle, execute_reply lost, "
+                      f"jupyter/nbclient#312) after {run.wall_s:.0f} s; running the notebook once more")
         retries = 1
         first_log = run.log
         run = run_papermill(notebook, OUT_DIR / notebook.name, NOTEBOOK_TIMEOUT)
