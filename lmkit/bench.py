@@ -15,6 +15,10 @@ import time
 
 import torch
 
+from lmkit.generate import generate
+from lmkit.models import GPT, GPTConfig
+from lmkit.pretrained import load_pretrained, to_hf_gpt2
+
 
 def _train_stepper(model, forward, batch):
     """One optimizer step of ``model`` on ``batch`` per call."""
@@ -48,9 +52,6 @@ def _interleaved_tokens_per_s(steppers: dict, tokens_per_step: int, steps: int, 
 
 def bench_training(steps: int = 10, n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=32, vocab_size=512):
     """Training throughput of lmkit vs transformers on one configuration (ANCHORS.md's CPU one)."""
-    from lmkit.models import GPT, GPTConfig
-    from lmkit.pretrained import to_hf_gpt2
-
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
     ours = GPT(cfg)
@@ -87,9 +88,6 @@ def _interleaved_best_times(fns: dict, rounds: int) -> tuple[dict, dict]:
 @torch.no_grad()
 def bench_decode(new_tokens: int = 256, name: str = "char-gpt", rounds: int = 5):
     """Greedy decode tokens/s: lmkit cached, transformers generate, lmkit uncached."""
-    from lmkit.generate import generate
-    from lmkit.pretrained import load_pretrained, to_hf_gpt2
-
     model, tok, _ = load_pretrained(name)
     hf = to_hf_gpt2(model)
     prompt = torch.tensor([tok.encode("The ")])

@@ -14,6 +14,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from lmkit.data.tokenizers import load_tokenizer
+from lmkit.models.gpt import GPT, GPTConfig
+
 
 def _publish(tmp: str, path: Path) -> None:
     """Give the temporary file ordinary permissions (mkstemp makes it 0600) and rename it."""
@@ -103,9 +106,6 @@ def save_model(directory, model, tokenizer=None, info: dict | None = None) -> Pa
 
 def load_model(directory, device="cpu"):
     """Load a GPT saved by :func:`save_model`: returns (model in eval mode, tokenizer or None, info)."""
-    from lmkit.data.tokenizers import load_tokenizer
-    from lmkit.models.gpt import GPT, GPTConfig
-
     d = Path(directory)
     if not (d / "model.safetensors").exists():
         raise FileNotFoundError(

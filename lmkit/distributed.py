@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from lmkit.models import GPT, GPTConfig
+
 DEFAULT_MODEL = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32)
 
 
@@ -73,8 +75,6 @@ def launch(args: list[str], nproc: int = 2, module: bool = True, timeout: float 
 
 def make_model(model: dict | None = None, seed: int = 0):
     """A seeded tiny :class:`lmkit.models.GPT` (same weights in every process for the same seed)."""
-    from lmkit.models import GPT, GPTConfig
-
     torch.manual_seed(seed)
     return GPT(GPTConfig(**{**DEFAULT_MODEL, **(model or {})}))
 

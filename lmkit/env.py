@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
+import lmkit
+
 __all__ = ["Row", "pick_device", "seed_everything", "in_colab", "report", "format_rows"]
 
 MIN_PYTHON = (3, 10)
@@ -151,7 +153,6 @@ def collect() -> list[Row]:
     mem = _memory_gib()
     rows.append(Row(True, "memory", f"{mem:.1f} GiB" if mem else "unknown", "system RAM"))
 
-    import lmkit
 
     rows.append(Row(True, "lmkit", getattr(lmkit, "__version__", "?"),
                     os.path.dirname(lmkit.__file__)))

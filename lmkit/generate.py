@@ -17,38 +17,8 @@ import torch.nn.functional as F
 
 from lmkit.models.decode_step import DecodeStep
 from lmkit.models.gpt import KVCache
-
-
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Set logits (B, V) outside the top-k / top-p (nucleus) set to -inf."""
-    if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[..., -1, None]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    # top_p = 1 keeps every token: the float32 cumulative sum can reach 1 before the tail ends
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens ranked above it already reach top_p
-        drop = probs.cumsum(-1) - probs >= top_p
-        drop[..., 0] = False  # the most likely token always survives, however small top_p is
-        drop_unsorted = torch.zeros_like(drop).scatter(-1, order, drop)
-        logits = logits.masked_fill(drop_unsorted, float("-inf"))
-    return logits
-
-
-def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
-    """Pick the next token from last-position logits (B, V) -> (B, 1). temperature 0 = greedy."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        return logits.argmax(-1, keepdim=True)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+from lmkit.nn import eval_mode
+from lmkit.sampling import next_token
 
 
 @torch.no_grad()
@@ -89,31 +59,29 @@ def generate(
                 "shorten it or pass truncate=True"
             )
         start = idx.size(1) - window // 2
-    was_training = model.training
-    model.eval()
-    cache, decode_step = None, DecodeStep(model) if use_cache else None
-    finished = torch.zeros(idx.size(0), dtype=torch.bool, device=device)
-    for produced in range(max_new_tokens):
-        if before_step is not None:
-            before_step(produced)
-        if idx.size(1) - start >= window:  # window full: restart it from the last half
-            start = idx.size(1) - window // 2
-            cache = None
-        if not use_cache:  # the whole window, every step
-            last = model(idx[:, start:])[0][:, -1]
-        elif cache is None:  # prefill: the window so far fills a new cache
-            cache = KVCache(model.config, idx.size(0), device, next(model.parameters()).dtype)
-            last = model(idx[:, start:], cache=cache)[0][:, -1]
-        else:  # one new token; the cache holds the rest
-            last = decode_step(idx[:, -1:], cache)
-        tok = next_token(last, temperature, top_k, top_p, generator)
-        if eos_id is not None:
-            tok = tok.masked_fill(finished[:, None], eos_id)
-            finished |= tok[:, 0] == eos_id
-        idx = torch.cat([idx, tok], dim=1)
-        if eos_id is not None and bool(finished.all()):
-            break
-    model.train(was_training)
+    with eval_mode(model):
+        cache, decode_step = None, DecodeStep(model) if use_cache else None
+        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=device)
+        for produced in range(max_new_tokens):
+            if before_step is not None:
+                before_step(produced)
+            if idx.size(1) - start >= window:  # window full: restart it from the last half
+                start = idx.size(1) - window // 2
+                cache = None
+            if not use_cache:  # the whole window, every step
+                last = model(idx[:, start:])[0][:, -1]
+            elif cache is None:  # prefill: the window so far fills a new cache
+                cache = KVCache(model.config, idx.size(0), device, next(model.parameters()).dtype)
+                last = model(idx[:, start:], cache=cache)[0][:, -1]
+            else:  # one new token; the cache holds the rest
+                last = decode_step(idx[:, -1:], cache)
+            tok = next_token(last, temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                tok = tok.masked_fill(finished[:, None], eos_id)
+                finished |= tok[:, 0] == eos_id
+            idx = torch.cat([idx, tok], dim=1)
+            if eos_id is not None and bool(finished.all()):
+                break
     return idx
 
 
@@ -131,42 +99,40 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 
             f"prompt ({idx.size(1)}) + max_new_tokens ({max_new_tokens}) exceeds the context window "
             f"({model.config.block_size})"
         )
-    was_training = model.training
-    model.eval()
-    dtype = next(model.parameters()).dtype
-    cache = KVCache(model.config, 1, idx.device, dtype)
-    logits, _ = model(idx, cache=cache)
-    decode_step = DecodeStep(model)
-    beams = idx
-    scores = torch.zeros(1, device=idx.device)
-    done: list[tuple[float, torch.Tensor]] = []
-    last = logits[:, -1, :]
-    for step in range(max_new_tokens):
-        logp = F.log_softmax(last.float(), dim=-1)  # (beams, V)
-        cand = (scores[:, None] + logp).view(-1)
-        top = torch.topk(cand, min(2 * num_beams, cand.numel()))
-        V = logp.size(-1)
-        keep_rows, keep_tok, keep_score = [], [], []
-        for s, flat in zip(top.values.tolist(), top.indices.tolist()):
-            row, tok = divmod(flat, V)
-            if eos_id is not None and tok == eos_id:
-                seq = torch.cat([beams[row], torch.tensor([tok], device=idx.device)])
-                done.append((s / (step + 1) ** length_penalty, seq))
-                continue
-            keep_rows.append(row), keep_tok.append(tok), keep_score.append(s)
-            if len(keep_rows) == num_beams:
+    with eval_mode(model):
+        dtype = next(model.parameters()).dtype
+        cache = KVCache(model.config, 1, idx.device, dtype)
+        logits, _ = model(idx, cache=cache)
+        decode_step = DecodeStep(model)
+        beams = idx
+        scores = torch.zeros(1, device=idx.device)
+        done: list[tuple[float, torch.Tensor]] = []
+        last = logits[:, -1, :]
+        for step in range(max_new_tokens):
+            logp = F.log_softmax(last.float(), dim=-1)  # (beams, V)
+            cand = (scores[:, None] + logp).view(-1)
+            top = torch.topk(cand, min(2 * num_beams, cand.numel()))
+            V = logp.size(-1)
+            keep_rows, keep_tok, keep_score = [], [], []
+            for s, flat in zip(top.values.tolist(), top.indices.tolist()):
+                row, tok = divmod(flat, V)
+                if eos_id is not None and tok == eos_id:
+                    seq = torch.cat([beams[row], torch.tensor([tok], device=idx.device)])
+                    done.append((s / (step + 1) ** length_penalty, seq))
+                    continue
+                keep_rows.append(row), keep_tok.append(tok), keep_score.append(s)
+                if len(keep_rows) == num_beams:
+                    break
+            if not keep_rows or (eos_id is not None and len(done) >= num_beams):
                 break
-        if not keep_rows or (eos_id is not None and len(done) >= num_beams):
-            break
-        rows = torch.tensor(keep_rows, device=idx.device)
-        toks = torch.tensor(keep_tok, device=idx.device)[:, None]
-        beams = torch.cat([beams[rows], toks], dim=1)
-        scores = torch.tensor(keep_score, device=idx.device)
-        cache.reorder(rows)
-        last = decode_step(toks, cache)
-    n = beams.size(1) - idx.size(1)
-    for s, seq in zip(scores.tolist(), beams):
-        done.append((s / max(n, 1) ** length_penalty, seq))
-    best_score, best = max(done, key=lambda t: t[0])
-    model.train(was_training)
+            rows = torch.tensor(keep_rows, device=idx.device)
+            toks = torch.tensor(keep_tok, device=idx.device)[:, None]
+            beams = torch.cat([beams[rows], toks], dim=1)
+            scores = torch.tensor(keep_score, device=idx.device)
+            cache.reorder(rows)
+            last = decode_step(toks, cache)
+        n = beams.size(1) - idx.size(1)
+        for s, seq in zip(scores.tolist(), beams):
+            done.append((s / max(n, 1) ** length_penalty, seq))
+        best_score, best = max(done, key=lambda t: t[0])
     return best[None, :], best_score

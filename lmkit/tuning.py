@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from lmkit.data.loaders import random_batch
+from lmkit.models import GPT, GPTConfig
 from lmkit.optim import optimizer_step
-
+from lmkit.train import TrainConfig, evaluate_loss, lr_at, train
 
 # --------------------------------------------------------------------------------------------
 # Training helpers
@@ -42,8 +43,6 @@ def non_embedding_params(model) -> int:
 def make_gpt(vocab_size: int, block_size: int = 64, n_layer: int = 2, n_embd: int = 64, n_head: int | None = None,
              seed: int = 0, **kw):
     """A seeded :class:`lmkit.models.GPT`; ``n_head`` defaults to ``max(1, n_embd // 16)``."""
-    from lmkit.models import GPT, GPTConfig
-
     torch.manual_seed(seed)
     n_head = n_head or max(1, n_embd // 16)
     return GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
@@ -138,8 +137,6 @@ def schedule_lrs(kind: str, base_lr: float, steps: int, step_size: int | None = 
     ``base_lr`` to ``min_lr`` over ``steps``); ``"warmup_cosine"`` (:func:`lmkit.train.lr_at`).
     """
     if kind == "warmup_cosine":
-        from lmkit.train import TrainConfig, lr_at
-
         cfg = TrainConfig(max_steps=steps, lr=base_lr, min_lr=min_lr, warmup_steps=warmup_steps)
         return [lr_at(s, cfg) for s in range(steps)]
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
@@ -162,8 +159,6 @@ def schedule_lrs(kind: str, base_lr: float, steps: int, step_size: int | None = 
 @torch.no_grad()
 def eval_loss(model, ids: torch.Tensor, batches: int = 4, batch_size: int = 32) -> float:
     """Mean loss on the first ``batches * batch_size`` non-overlapping blocks of ``ids``."""
-    from lmkit.train import evaluate_loss
-
     return evaluate_loss(model, ids, model.config.block_size, batch_size, batches)
 
 
@@ -263,8 +258,6 @@ def scaling_study(sizes, train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_s
     ``n_layer``, ``n_embd``, ``params`` (non-embedding N), ``steps``, ``tokens`` (D, per evaluation),
     ``flops`` (C = 6 N D, per evaluation), ``val_loss`` (per evaluation) and ``final_loss``.
     """
-    from lmkit.train import TrainConfig, train
-
     records = []
     for n_layer, n_embd in sizes:
         model = make_gpt(vocab_size, block_size, n_layer, n_embd, seed=seed)
@@ -360,48 +353,3 @@ def isoflop_optimum(compute: float, n_min: float = 1e6, n_max: float = 1e13, poi
     loss = chinchilla_loss(n, d)
     i = int(np.argmin(loss))
     return {"n": float(n[i]), "d": float(d[i]), "loss": float(loss[i]), "tokens_per_param": float(d[i] / n[i])}
-
-
-def isoflop_view(compute: float = 1e21, ax=None):
-    """Loss against model size at fixed compute: the isoFLOP curve, its optimum and the 20-tokens rule.
-
-    Draws on ``ax`` (or a new figure) and returns the figure. Chapter 14.
-    """
-    import matplotlib.pyplot as plt
-
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-    opt = isoflop_optimum(compute)
-    n = np.geomspace(opt["n"] / 300, opt["n"] * 300, 200)
-    ax.plot(n, chinchilla_loss(n, compute / (6 * n)), color="C0")
-    ax.plot(opt["n"], opt["loss"], "o", color="C3", label=f"optimum N={opt['n']:.2g} ({opt['tokens_per_param']:.0f} tok/param)")
-    n20 = math.sqrt(compute / 120)
-    ax.plot(n20, float(chinchilla_loss(n20, 20 * n20)), "s", color="C2", label=f"D = 20N: N={n20:.2g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters N (D = C / 6N)")
-    ax.set_ylabel("fitted loss")
-    ax.set_title(f"C = {compute:.0e} FLOPs", fontsize=9)
-    ax.legend(fontsize=7)
-    return fig if fig is not None else ax.figure
-
-
-def isoflop_widget():
-    """A log slider over the compute budget driving :func:`isoflop_view`. Chapter 14."""
-    import ipywidgets as W
-
-    from lmkit.viz import _show
-
-    c = W.FloatLogSlider(value=1e21, base=10, min=17, max=25, step=0.5, description="FLOPs")
-    return W.interactive(lambda compute: _show(isoflop_view(compute)), compute=c)
-
-
-def plot_isoflop_grid(budgets=(1e18, 1e20, 1e22, 1e24)):
-    """Small multiples of :func:`isoflop_view`, one panel per compute budget. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(budgets), figsize=(3.6 * len(budgets), 3.2))
-    for ax, c in zip(np.atleast_1d(axes), budgets):
-        isoflop_view(c, ax=ax)
-    fig.tight_layout()
-    return fig

@@ -3,9 +3,21 @@ import pytest
 import torch
 
 from lmkit.apps import hub
-from lmkit.apps.classify import (EncoderClassifier, GRUClassifier, WordVocab, bow_logreg, classification_metrics,
-                                 finetune_encoder, load_sentiment, predict_encoder, predict_gru, tokenize_words,
-                                 train_gru, vader_predict, vader_scores)
+from lmkit.apps.classify import (
+    EncoderClassifier,
+    GRUClassifier,
+    WordVocab,
+    bow_logreg,
+    classification_metrics,
+    finetune_encoder,
+    load_sentiment,
+    predict_encoder,
+    predict_gru,
+    tokenize_words,
+    train_gru,
+    vader_predict,
+    vader_scores,
+)
 
 L = ["negative", "positive"]
 POS = ["great film, loved it", "wonderful and fun", "excellent food", "really good value"]

@@ -2,7 +2,15 @@ import math
 
 import pytest
 
-from lmkit.apps.code import BENCHMARK, parse_rate, parses, pass_at_k, run_tests, score_completions, truncate_completion
+from lmkit.apps.code import (
+    BENCHMARK,
+    parse_rate,
+    parses,
+    pass_at_k,
+    run_tests,
+    score_completions,
+    truncate_completion,
+)
 
 
 def test_parses():

@@ -1,5 +1,4 @@
 """Unit tests for lmkit.apps.music (chapter 21): fast and offline."""
-import random
 
 import numpy as np
 import pytest
@@ -66,7 +65,6 @@ def test_synthesize_and_piano_roll():
 
 
 def test_plot_piano_rolls():
-    import matplotlib
     import matplotlib.pyplot as plt
 
     fig = M.plot_piano_rolls(M.melody_corpus(3, seed=0), ncols=2)

@@ -2,9 +2,23 @@ import pytest
 import sacrebleu
 import torch
 
-from lmkit.apps.seq2seq import (Seq2SeqConfig, Seq2SeqTransformer, Vocab, beam_decode, bleu_from_scratch, char_tokens,
-                                corpus_bleu, cross_attention, exact_match, greedy_decode, make_batch, pad_batch,
-                                train_seq2seq, translate, word_tokens)
+from lmkit.apps.seq2seq import (
+    Seq2SeqConfig,
+    Seq2SeqTransformer,
+    Vocab,
+    beam_decode,
+    bleu_from_scratch,
+    char_tokens,
+    corpus_bleu,
+    cross_attention,
+    exact_match,
+    greedy_decode,
+    make_batch,
+    pad_batch,
+    train_seq2seq,
+    translate,
+    word_tokens,
+)
 from lmkit.data.tasks import number_translation_splits
 
 

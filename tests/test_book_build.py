@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from book_toc import HTML, ROOT, config, toc_docnames
+from book_toc import HTML, config, toc_docnames
 
 pytestmark = pytest.mark.slow
 

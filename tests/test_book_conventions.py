@@ -12,9 +12,18 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-
-from book_toc import (BOOK, ROOT, config, read_notebook, repository_branch, repository_url,
-                      source_of, toc, toc_docnames, toc_notebooks)
+from book_toc import (
+    BOOK,
+    ROOT,
+    config,
+    read_notebook,
+    repository_branch,
+    repository_url,
+    source_of,
+    toc,
+    toc_docnames,
+    toc_notebooks,
+)
 
 NOTEBOOKS = toc_notebooks()
 BOOTSTRAP = """\

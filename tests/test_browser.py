@@ -23,7 +23,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-
 from book_toc import read_notebook, repository_branch, repository_url, source_of, toc_docnames
 
 CHROMIUM = os.environ.get("LMKIT_CHROMIUM", "/usr/bin/chromium")

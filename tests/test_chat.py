@@ -1,7 +1,7 @@
-"""lmkit.chat: the prompt template, reply cutting, history that fits the window, reproducibility."""
+"""lmkit.apps.chat: the prompt template, reply cutting, history that fits the window, reproducibility."""
 import torch
 
-from lmkit.chat import ChatSession, ChatTemplate, contains_answer, cut_reply
+from lmkit.apps.chat import ChatSession, ChatTemplate, contains_answer, cut_reply
 from lmkit.data import CharTokenizer
 from lmkit.models import GPT, GPTConfig
 

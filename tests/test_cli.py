@@ -45,7 +45,7 @@ def test_eval_prints_json_matching_the_shipped_record():
     out = run("eval", "--pretrained", "bpe-gpt")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    info = json.loads((__import__("lmkit.pretrained", fromlist=["x"]).checkpoint_path("bpe-gpt") / "info.json").read_text())
+    info = json.loads((__import__("lmkit.assets", fromlist=["x"]).checkpoint_path("bpe-gpt") / "info.json").read_text())
     assert abs(result["loss"] - info["val_loss"]) < 1e-4
     assert result["bits_per_char"] > 0
 

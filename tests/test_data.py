@@ -2,8 +2,19 @@
 import pytest
 import torch
 
-from lmkit.data import (BlockDataset, BPETokenizer, CharTokenizer, encoder_tokenizer, load_corpus, load_splits,
-                        load_text_dataset, load_tokenizer, pack_blocks, random_batch, split_text)
+from lmkit.data import (
+    BlockDataset,
+    BPETokenizer,
+    CharTokenizer,
+    encoder_tokenizer,
+    load_corpus,
+    load_splits,
+    load_text_dataset,
+    load_tokenizer,
+    pack_blocks,
+    random_batch,
+    split_text,
+)
 
 
 def test_corpora_are_offline_and_deterministic():

@@ -93,7 +93,7 @@ _TRAIN_WORKER = '''
 import os, sys
 from safetensors.torch import save_file
 import lmkit.train as T
-from lmkit.__main__ import main
+from lmkit.cli import main
 
 dump, argv = sys.argv[1], sys.argv[2:]
 real_batch, real_train = T.random_batch, T.train
@@ -127,7 +127,7 @@ def _train_argv(out, batch_size: int, steps: int, grad_accum: int) -> list[str]:
 def _single_process_weights(out, batches: list, batch_size: int, steps: int, grad_accum: int, monkeypatch):
     """lmkit's trainer in this process (world size 1), its k-th draw replaced by ``batches[k]``."""
     import lmkit.train as T
-    from lmkit.__main__ import main
+    from lmkit.cli import main
 
     feed, got = iter(batches), {}
     real_train = T.train

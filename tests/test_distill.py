@@ -1,8 +1,8 @@
-"""lmkit.distill (chapter 16): student config, training with and without a teacher, comparison."""
+"""lmkit.quant.distill (chapter 16): student config, training with and without a teacher, comparison."""
 import torch
 
-from lmkit.distill import compare_distillation, student_config, train_student
 from lmkit.models import GPT, GPTConfig
+from lmkit.quant.distill import compare_distillation, student_config, train_student
 
 
 def _teacher():

@@ -1,11 +1,22 @@
-"""lmkit.embeddings: skip-gram with negative sampling, GloVe, neighbours (chapter 2)."""
+"""lmkit.models.embeddings: skip-gram with negative sampling, GloVe, neighbours (chapter 2)."""
 import numpy as np
 import pytest
 import torch
 
-from lmkit.embeddings import (SkipGramNS, analogy, build_vocab, cooccurrence_matrix, nearest_neighbors,
-                              neighbor_overlap, normalize, skipgram_pairs, subsample, tokenize_words, train_glove,
-                              train_skipgram)
+from lmkit.models.embeddings import (
+    SkipGramNS,
+    analogy,
+    build_vocab,
+    cooccurrence_matrix,
+    nearest_neighbors,
+    neighbor_overlap,
+    normalize,
+    skipgram_pairs,
+    subsample,
+    tokenize_words,
+    train_glove,
+    train_skipgram,
+)
 
 
 def _toy_corpus(n=3000, seed=0):
@@ -73,7 +84,7 @@ def test_cooccurrence_by_hand():
 
 def test_neighbors_analogy_overlap():
     itos = ["king", "queen", "man", "woman", "apple"]
-    from lmkit.embeddings import Vocab
+    from lmkit.models.embeddings import Vocab
 
     v = Vocab(itos, [1] * 5)
     E = np.array([[1, 1, 0], [1, -1, 0], [0.1, 1, 0], [0.1, -1, 0], [0, 0, 1]], dtype=float)

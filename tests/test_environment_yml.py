@@ -10,15 +10,14 @@ so that Colab's preinstalled packages satisfy them.
 from __future__ import annotations
 
 import re
-import tomllib
 
 import pytest
+import tomllib
 import yaml
+from book_toc import ROOT
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
-
-from book_toc import ROOT
 
 EXTRAS_IN_ENV = ("apps", "serve", "book")
 CONDA_TO_PYPI = {"pytorch": "torch"}

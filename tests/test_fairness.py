@@ -1,7 +1,7 @@
-"""Unit tests for lmkit.fairness (chapter 27)."""
+"""Unit tests for lmkit.frontiers.fairness (chapter 27)."""
 import numpy as np
 
-from lmkit.fairness import association, counterfactual_test, weat
+from lmkit.frontiers.fairness import association, counterfactual_test, weat
 
 
 def test_association_and_weat_detect_a_planted_bias():

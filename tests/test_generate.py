@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from lmkit.generate import beam_search, filter_logits, generate
+from lmkit.generate import beam_search, generate
 from lmkit.models import GPT, GPTConfig
+from lmkit.sampling import filter_logits
 
 
 @pytest.fixture(scope="module")

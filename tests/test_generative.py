@@ -1,10 +1,19 @@
-"""Unit tests for lmkit.models.generative (chapter 28)."""
+"""Unit tests for lmkit.frontiers.generative (chapter 28)."""
 import math
 
 import torch
 
-from lmkit.models.generative import (VAE, Discriminator, Generator, gaussian_kl, interpolate,
-                                     load_digits_tensor, train_gan, train_vae, vae_loss)
+from lmkit.frontiers.generative import (
+    VAE,
+    Discriminator,
+    Generator,
+    gaussian_kl,
+    interpolate,
+    load_digits_tensor,
+    train_gan,
+    train_vae,
+    vae_loss,
+)
 
 
 def test_load_digits_tensor():

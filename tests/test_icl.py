@@ -1,9 +1,9 @@
-"""Tests of lmkit.icl (chapter 24): associative recall with one token per demonstration."""
+"""Tests of lmkit.frontiers.icl (chapter 24): associative recall with one token per demonstration."""
 import math
 
 import torch
 
-from lmkit import icl
+from lmkit.frontiers import icl
 
 
 def test_sample_recall_tokens_encode_the_map():

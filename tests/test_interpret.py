@@ -1,10 +1,17 @@
-"""Unit tests for lmkit.interpret (chapter 29), on a tiny random GPT."""
+"""Unit tests for lmkit.frontiers.interpret (chapter 29), on a tiny random GPT."""
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmkit.interpret import (attention_entropy, char_class, logit_lens, logit_lens_stats,
-                             previous_token_score, probe_layers, residual_features)
+from lmkit.frontiers.interpret import (
+    attention_entropy,
+    char_class,
+    logit_lens,
+    logit_lens_stats,
+    previous_token_score,
+    probe_layers,
+    residual_features,
+)
 from lmkit.models.gpt import GPT, GPTConfig
 
 

@@ -8,16 +8,15 @@ out of it on purpose (setup.sh installs torch itself: the CPU build without a GP
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib.metadata import PackageNotFoundError, version
 
 import pytest
+import tomllib
+from book_toc import ROOT
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
-
-from book_toc import ROOT
 
 LOCK = ROOT / "requirements" / "lock.txt"
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;]+)\s*(?:;(.*))?$")

@@ -23,11 +23,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import notebook_status
 import psutil
 import pytest
-
 from book_toc import ROOT, notebook_id, toc_notebooks
-import notebook_status
 from papermill_run import BUSY, STALL
 
 NOTEBOOK_TIMEOUT = float(os.environ.get("LMKIT_NOTEBOOK_TIMEOUT", "300"))

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from lmkit.models import GPT, GPTConfig
-from lmkit.pretrained import SHIPPED, embed_sentences, from_hf_gpt2, load_pretrained, to_hf_gpt2, validation_ids
+from lmkit.assets import SHIPPED, checkpoint_path
+from lmkit.pretrained import (
+    embed_sentences,
+    from_hf_gpt2,
+    load_pretrained,
+    to_hf_gpt2,
+    validation_ids,
+)
 from lmkit.train import evaluate_loss
 
 
@@ -45,8 +52,6 @@ def test_shipped_checkpoint_reproduces_recorded_validation_loss(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_is_small_and_generates(name):
     from lmkit.generate import generate
-    from lmkit.pretrained import checkpoint_path
-
     size = (checkpoint_path(name) / "model.safetensors").stat().st_size
     assert size < 10e6
     model, tok, _ = load_pretrained(name)

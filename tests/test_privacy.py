@@ -1,13 +1,22 @@
-"""Unit tests for lmkit.privacy (chapter 27)."""
+"""Unit tests for lmkit.frontiers.privacy (chapter 27)."""
 import math
 
 import numpy as np
 import torch
 
+from lmkit.frontiers.privacy import (
+    accuracy,
+    canary_exposure,
+    dp_train_classifier,
+    exposure,
+    fedavg,
+    label_skew_split,
+    mlp_classifier,
+    plant_canary,
+    sequence_nll,
+    train_classifier,
+)
 from lmkit.models.gpt import GPT, GPTConfig
-from lmkit.privacy import (accuracy, canary_exposure, dp_train_classifier, exposure, fedavg,
-                           label_skew_split, mlp_classifier, plant_canary, sequence_nll,
-                           train_classifier)
 
 
 def test_plant_canary():

@@ -528,7 +528,7 @@ def test_distillation_objective_mixes_and_masks():
 # --- the benchmark (tiny versions) -------------------------------------------------------------
 
 def test_bench_sentences_deterministic():
-    from lmkit.bench_quant import bench_sentences
+    from lmkit.quant.bench import bench_sentences
 
     s = bench_sentences(64)
     assert len(s) == 64 and len(set(s)) == 64 and s == bench_sentences(64)
@@ -538,7 +538,7 @@ def test_bench_sentences_deterministic():
 def test_run_quant_bench_gpt_part_is_json(monkeypatch):
     import json
 
-    import lmkit.bench_quant as bq
+    import lmkit.quant.bench as bq
 
     m = tiny_gpt()
     ids = torch.randint(0, 64, (2000,), generator=torch.Generator().manual_seed(0))
@@ -558,13 +558,13 @@ def test_run_quant_bench_gpt_part_is_json(monkeypatch):
 
 @pytest.fixture(scope="module")
 def encoder():
-    from lmkit.bench_quant import _load_encoder
+    from lmkit.quant.bench import _load_encoder
 
     return _load_encoder()
 
 
 def test_encoder_dynamic_bench_small(encoder):
-    from lmkit.bench_quant import encoder_dynamic_bench
+    from lmkit.quant.bench import encoder_dynamic_bench
 
     r = encoder_dynamic_bench(n_sentences=2, batch_size=2, repeats=1, model=encoder[0], tokenizer=encoder[1])
     assert r["quantized_linears"] == 37  # 6 layers x (q, k, v, attention out, FFN in, FFN out) + pooler
@@ -573,7 +573,7 @@ def test_encoder_dynamic_bench_small(encoder):
 
 
 def test_sensitivity_and_mixed_precision_small(encoder):
-    from lmkit.bench_quant import (
+    from lmkit.quant.bench import (
         _tokenize,
         bench_sentences,
         dynamic_sensitivity,

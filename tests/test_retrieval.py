@@ -1,10 +1,10 @@
-"""lmkit.retrieval: passage splitting, cosine top-k, TF-IDF baseline, hit rate@k, MRR, data files."""
+"""lmkit.apps.retrieval: passage splitting, cosine top-k, TF-IDF baseline, hit rate@k, MRR, data files."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from lmkit import retrieval
+from lmkit.apps import retrieval
 
 DATA = Path(__file__).resolve().parents[1] / "book" / "data" / "qa"
 

@@ -2,8 +2,15 @@
 import pytest
 import torch
 
-from lmkit.models.rnn import (RecurrentLM, RecurrentLMConfig, gru_cell, input_gradient_norms, lstm_cell, rnn_cell,
-                              scratch_forward)
+from lmkit.models.rnn import (
+    RecurrentLM,
+    RecurrentLMConfig,
+    gru_cell,
+    input_gradient_norms,
+    lstm_cell,
+    rnn_cell,
+    scratch_forward,
+)
 from lmkit.train import TrainConfig, evaluate_loss, train
 
 

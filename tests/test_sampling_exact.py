@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lmkit.generate import beam_search, filter_logits, generate, next_token
+from lmkit.generate import beam_search, generate
 from lmkit.models import GPTConfig
+from lmkit.sampling import filter_logits, next_token
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])  # no ties: every filter has one answer
 

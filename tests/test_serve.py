@@ -13,7 +13,6 @@ on how fast this machine is. Hypothesis runs under the derandomized "ci" profile
 import contextlib
 import json
 import math
-import os
 import queue
 import re
 import subprocess
@@ -39,9 +38,9 @@ from lmkit.serve import (  # noqa: E402
     BackgroundServer,
     GenerationTimeout,
     ServerLimits,
-    deadline_check,
     add_serve_arguments,
     create_app,
+    deadline_check,
     limits_from_args,
     main,
 )

@@ -1,10 +1,10 @@
-"""lmkit.summarize: sentence splitting, lead/centroid/TextRank selection, ROUGE from scratch vs rouge-score."""
+"""lmkit.apps.summarize: sentence splitting, lead/centroid/TextRank selection, ROUGE from scratch vs rouge-score."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from lmkit import summarize
+from lmkit.apps import summarize
 
 DATA = Path(__file__).resolve().parents[1] / "book" / "data" / "summaries"
 
@@ -66,7 +66,7 @@ def test_rouge_wrapper_and_edge_cases():
 
 
 def test_documents_file():
-    from lmkit.retrieval import load_jsonl
+    from lmkit.apps.retrieval import load_jsonl
 
     docs = load_jsonl(DATA / "documents.jsonl")
     assert len(docs) >= 5

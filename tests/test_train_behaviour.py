@@ -23,7 +23,14 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import lmkit.train
 from lmkit.checkpoint import load_model, load_tensors
 from lmkit.models import GPT, GPTConfig
-from lmkit.train import TrainConfig, load_train_state, lr_at, make_optimizer, save_train_state, train
+from lmkit.train import (
+    TrainConfig,
+    load_train_state,
+    lr_at,
+    make_optimizer,
+    save_train_state,
+    train,
+)
 
 VOCAB, BLOCK = 20, 16
 EPS32 = torch.finfo(torch.float32).eps

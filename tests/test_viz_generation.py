@@ -1,4 +1,4 @@
-"""lmkit.viz_generation (chapter 12): shaped distributions, widget callback, static figure."""
+"""lmkit.viz.generation (chapter 12): shaped distributions, widget callback, static figure."""
 import math
 
 import matplotlib
@@ -9,7 +9,7 @@ import torch
 
 from lmkit.data import CharTokenizer
 from lmkit.models import GPT, GPTConfig
-from lmkit.viz_generation import (
+from lmkit.viz.generation import (
     entropy_bits,
     generation_widget,
     next_token_logits,

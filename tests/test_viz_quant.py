@@ -1,11 +1,11 @@
-"""lmkit.viz_quant (chapter 15): error state, widget callback, static figure."""
+"""lmkit.viz.quant (chapter 15): error state, widget callback, static figure."""
 import matplotlib
 
 matplotlib.use("Agg")  # tests only: no display
 import pytest
 import torch
 
-from lmkit.viz_quant import bits_widget, plot_error_grid, quant_error_state
+from lmkit.viz.quant import bits_widget, plot_error_grid, quant_error_state
 
 
 @pytest.fixture(scope="module")

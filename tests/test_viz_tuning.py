@@ -1,4 +1,4 @@
-"""The isoFLOP view, widget and small multiples of lmkit.tuning (chapter 14): call them directly."""
+"""The isoFLOP view, widget and small multiples of lmkit.viz.scaling (chapter 14): call them directly."""
 import math
 
 import matplotlib
@@ -9,6 +9,7 @@ matplotlib.use("Agg")  # tests only: no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lmkit import tuning  # noqa: E402
+from lmkit.viz import scaling  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -38,9 +39,9 @@ def test_isoflop_optimum_is_a_minimum_and_grows_with_compute():
 
 
 def test_isoflop_view_widget_and_grid():
-    fig = tuning.isoflop_view(1e21)
+    fig = scaling.isoflop_view(1e21)
     assert isinstance(fig, plt.Figure) and len(fig.axes) == 1
-    assert len(tuning.plot_isoflop_grid((1e18, 1e22)).axes) == 2
-    w = tuning.isoflop_widget()
+    assert len(scaling.plot_isoflop_grid((1e18, 1e22)).axes) == 2
+    w = scaling.isoflop_widget()
     assert w.children[0].value == pytest.approx(1e21)
     assert np.isfinite(tuning.isoflop_optimum(1e19)["tokens_per_param"])

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmkit.apps.seq2seq import DecoderLayer, EncoderLayer, Seq2SeqConfig, pad_batch
+from lmkit.nn import device_of
 from lmkit.optim import optimizer_step
 
 COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3, 0.95), "yellow": (0.95, 0.85, 0.1)}
@@ -241,7 +242,7 @@ def train_captioner(model: Captioner, scenes, vocab: CaptionVocab, steps: int = 
 def greedy_caption(model: Captioner, images: torch.Tensor, vocab: CaptionVocab, max_len: int = 12) -> list[str]:
     """Greedy decoding: images (B, 3, H, W) -> B captions. Explained in chapter 22."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     memory = model.encode(images.to(dev))
     ys = torch.full((images.size(0), 1), vocab.bos_id, dtype=torch.long, device=dev)
     done = torch.zeros(images.size(0), dtype=torch.bool, device=dev)
@@ -260,7 +261,7 @@ def cross_attention_maps(model: Captioner, image: torch.Tensor, caption: str, vo
     """Cross-attention while reading ``caption`` (teacher forced), averaged over heads:
     (n_dec, T, gh, gw), row t = the step that predicts word t (the last predicts <eos>). Chapter 22."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     tokens = torch.tensor([vocab.encode(caption)[:-1]], device=dev)
     model(image[None].to(dev), tokens)
     g = model.config.image_size // model.config.patch

@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmkit.data.corpora import book_dir
+from lmkit.assets import book_dir
 from lmkit.optim import optimizer_step
+from lmkit.pretrained import load_encoder
 
 SENTIMENT_CSV = Path("data") / "sentiment" / "reviews.csv"  # relative to the book's folder
 
@@ -215,8 +216,6 @@ def finetune_encoder(train_texts, train_labels, labels, epochs: int = 2, batch_s
     head (``head_lr``), linear warmup then linear decay. Returns (model in eval mode, tokenizer,
     losses per step). Explained in chapter 18.
     """
-    from lmkit.pretrained import load_encoder
-
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     if encoder is None or tokenizer is None:

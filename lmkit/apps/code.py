@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lmkit.generate import generate
+
 
 def parses(source: str) -> bool:
     """True when ``source`` is syntactically valid Python (``ast.parse`` succeeds)."""
@@ -206,8 +208,6 @@ def sample_completions(model, tokenizer, prompt: str, n: int = 5, max_new_tokens
 
     Explained in chapter 20.
     """
-    from lmkit.generate import generate
-
     ids = torch.tensor([tokenizer.encode(prompt)] * n, dtype=torch.long, device=device)
     out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
     return [truncate_completion(tokenizer.decode(row[ids.size(1):].tolist())) for row in out]

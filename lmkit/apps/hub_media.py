@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from lmkit.apps.music import DURATIONS, Melody
+
 
 def _check_online():
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
@@ -25,7 +27,6 @@ def load_hub_melodies(name: str = "JSB Chorales", max_items: int | None = 500):
     _check_online()
     from datasets import load_dataset
 
-    from lmkit.apps.music import DURATIONS, Melody
 
     def snap(d):  # sixteenths -> the nearest duration (eighths) the tokenizer knows
         return min(DURATIONS, key=lambda x: abs(x - d / 2))

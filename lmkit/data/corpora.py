@@ -14,8 +14,9 @@ import json
 import sysconfig
 from pathlib import Path
 
+from lmkit.assets import book_dir
+
 CORPORA = ("pydoc", "stdlib", "book")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pydoc_documents() -> dict[str, str]:
@@ -34,21 +35,6 @@ def _stdlib_documents(max_files: int | None = None) -> dict[str, str]:
         except (UnicodeDecodeError, OSError):
             continue
     return docs
-
-
-def book_dir() -> Path:
-    """The book's folder (chapters and ``data/``): next to lmkit in a clone, or the current folder.
-
-    On Colab the bootstrap cell clones the repository and changes into its ``book/`` folder, so
-    the second case finds it when lmkit itself was installed into site-packages.
-    """
-    for candidate in (REPO_ROOT / "book", Path.cwd(), Path.cwd() / "book"):
-        if (candidate / "intro.md").is_file() and (candidate / "data").is_dir():
-            return candidate
-    raise FileNotFoundError(
-        "the book's folder (chapters and data/) was not found: clone the repository and run from it "
-        "(git clone https://github.com/lmkit-book/lmkit-book), or use the offline 'pydoc' corpus"
-    )
 
 
 def _book_documents() -> dict[str, str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmkit.assets import encoder_path
+
 
 class CharTokenizer:
     """One id per character. ``unk``: a character of the vocabulary that stands in for unknown ones.
@@ -126,7 +128,5 @@ def load_tokenizer(directory):
 def encoder_tokenizer():
     """The WordPiece tokenizer of the offline pretrained encoder (all-MiniLM-L6-v2). Chapter 2."""
     from transformers import AutoTokenizer
-
-    from lmkit.pretrained import encoder_path
 
     return AutoTokenizer.from_pretrained(encoder_path())

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmkit.nn import apply_rope, rope_cache
+from lmkit.models.gpt import GPT, Block, CausalSelfAttention
+from lmkit.nn import FeedForward, apply_rope, rope_cache
 
 
 def _as_function(module: nn.Module):
@@ -42,9 +43,6 @@ class DecodeStep:
     """
 
     def __init__(self, model):
-        from lmkit.models.gpt import GPT, Block, CausalSelfAttention
-        from lmkit.nn import FeedForward
-
         self.model = model
         self.fused = (
             isinstance(model, GPT) and _plain(model, type(model)) and _plain(model.transformer.wte, nn.Embedding)

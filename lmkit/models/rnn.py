@@ -18,6 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmkit.nn import eval_mode
+from lmkit.sampling import next_token
+
 __all__ = [
     "rnn_cell", "lstm_cell", "gru_cell", "scratch_forward", "RecurrentLMConfig", "RecurrentLM",
     "input_gradient_norms",
@@ -181,18 +184,14 @@ class RecurrentLM(nn.Module):
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: int | None = None) -> torch.Tensor:
         """Continue prompts idx (B, T) by max_new_tokens sampled tokens, carrying the state: (B, T + new)."""
-        from lmkit.generate import next_token
-
-        was_training = self.training
-        self.eval()
-        gen = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
-        logits, state = self.step(idx)
-        out = [idx]
-        for _ in range(max_new_tokens):
-            nxt = next_token(logits[:, -1], temperature, top_k, None, gen)
-            out.append(nxt)
-            logits, state = self.step(nxt, state)
-        self.train(was_training)
+        with eval_mode(self):
+            gen = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
+            logits, state = self.step(idx)
+            out = [idx]
+            for _ in range(max_new_tokens):
+                nxt = next_token(logits[:, -1], temperature, top_k, None, gen)
+                out.append(nxt)
+                logits, state = self.step(nxt, state)
         return torch.cat(out, dim=1)
 
 

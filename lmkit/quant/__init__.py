@@ -21,9 +21,20 @@ from lmkit.quant.core import (
 )
 from lmkit.quant.distill import distillation_loss, distillation_objective
 from lmkit.quant.layers import DEFAULT_SKIP, QuantLinear, linear_layers, quantize_model
-from lmkit.quant.libs import FullRangeDynamicLinear, dynamic_quantize, import_torchao, quantized_engine, torchao_quantize
+from lmkit.quant.libs import (
+    FullRangeDynamicLinear,
+    dynamic_quantize,
+    import_torchao,
+    quantized_engine,
+    torchao_quantize,
+)
 from lmkit.quant.prune import magnitude_prune, sparsity_report, structured_prune
-from lmkit.quant.size import is_quantized_module, model_size_bytes, quantized_layer_bytes, tensor_bytes
+from lmkit.quant.size import (
+    is_quantized_module,
+    model_size_bytes,
+    quantized_layer_bytes,
+    tensor_bytes,
+)
 
 __all__ = [
     "absmax_quantize", "absmax_dequantize", "zeropoint_quantize", "zeropoint_dequantize", "qrange",

@@ -17,7 +17,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmkit.quant.core import check_group_size, dequantize_groups, pack_int4, quantize_groups, unpack_int4
+from lmkit.quant.core import (
+    check_group_size,
+    dequantize_groups,
+    pack_int4,
+    quantize_groups,
+    unpack_int4,
+)
 
 DEFAULT_SKIP = ("lm_head",)
 

@@ -25,7 +25,6 @@ import torch.nn as nn
 from lmkit.quant.layers import DEFAULT_SKIP, _skipped, quantize_model
 from lmkit.quant.size import is_quantized_module
 
-
 try:  # PyTorch's eager dynamic-quantized linear (kept importable even if torch drops it one day)
     from torch.ao.nn.quantized.dynamic import Linear as _DynamicLinear
 except ImportError:  # pragma: no cover
@@ -126,7 +125,9 @@ def dynamic_quantize(
         spec = {nn.Linear}
     mapping = None
     if not reduce_range and dtype == torch.qint8:
-        from torch.ao.quantization.quantization_mappings import get_default_dynamic_quant_module_mappings
+        from torch.ao.quantization.quantization_mappings import (
+            get_default_dynamic_quant_module_mappings,
+        )
 
         mapping = {**get_default_dynamic_quant_module_mappings(), nn.Linear: FullRangeDynamicLinear}
     with quantized_engine(engine), warnings.catch_warnings():
@@ -191,7 +192,12 @@ def torchao_quantize(
 
     try:
         import_torchao()
-        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
+        from torchao.quantization import (
+            Int4WeightOnlyConfig,
+            Int8WeightOnlyConfig,
+            IntxWeightOnlyConfig,
+            quantize_,
+        )
         from torchao.quantization.granularity import PerGroup, PerRow
     except ImportError as e:
         return lmkit_fallback(f"torchao is not importable ({e})")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from lmkit.quant.layers import QuantLinear
+
 
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes held by one tensor: ``numel * element_size``, with quantized tensors and tensor
@@ -63,8 +65,6 @@ def model_size_bytes(model: nn.Module) -> int:
 def is_quantized_module(module: nn.Module) -> bool:
     """True for lmkit's :class:`QuantLinear`, PyTorch dynamic-quantized linears and ``nn.Linear``
     layers whose weight torchao replaced by a quantized tensor subclass. Chapter 15."""
-    from lmkit.quant.layers import QuantLinear
-
     if isinstance(module, QuantLinear) or _packed_tensors(module):
         return True
     w = getattr(module, "weight", None)

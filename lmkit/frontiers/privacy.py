@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmkit.nn import device_of
+
 __all__ = ["plant_canary", "sequence_nll", "exposure", "canary_exposure", "mlp_classifier",
            "train_classifier", "dp_train_classifier", "accuracy", "label_skew_split", "fedavg"]
 
@@ -39,7 +41,7 @@ def sequence_nll(model, ids: torch.Tensor, start: int, batch_size: int = 1024) -
     Explained in chapter 27.
     """
     out = []
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     for i in range(0, ids.shape[0], batch_size):
         x = ids[i:i + batch_size].to(dev)
         logits, _ = model(x[:, :-1])

@@ -6,12 +6,11 @@ Both models are small multilayer perceptrons over flattened 8x8 images (64 pixel
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from lmkit.nn import device_of
 
 __all__ = [
     "load_digits_tensor", "VAE", "vae_loss", "gaussian_kl", "train_vae",
@@ -105,7 +104,7 @@ def train_vae(model: VAE, x: torch.Tensor, steps: int = 1500, batch_size: int = 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    dev = next(model.parameters()).device
+    dev = device_of(model)
     x = x.to(dev)
     hist = []
     model.train()
@@ -176,7 +175,7 @@ def train_gan(gen: Generator, disc: Discriminator, x: torch.Tensor, steps: int =
     torch.manual_seed(seed)
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
-    dev = next(gen.parameters()).device
+    dev = device_of(gen)
     x = x.to(dev)
     ones = torch.ones(batch_size, device=dev)
     zeros = torch.zeros(batch_size, device=dev)

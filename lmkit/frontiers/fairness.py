@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-import torch
 
 __all__ = ["association", "weat", "counterfactual_test"]
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from lmkit.generate import filter_logits, generate
+from lmkit.generate import generate
+from lmkit.nn import device_of, eval_mode
+from lmkit.sampling import filter_logits
 
 
 def shaped_probs(logits: torch.Tensor, temperature: float = 1.0, top_p: float | None = None,
@@ -44,12 +46,10 @@ def entropy_bits(p: torch.Tensor) -> float:
 @torch.no_grad()
 def next_token_logits(model, tokenizer, prompt: str) -> torch.Tensor:
     """The model's logits (V,) for the token after ``prompt`` (cropped to the context window)."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     ids = torch.tensor([tokenizer.encode(prompt)[-model.config.block_size:]], dtype=torch.long, device=device)
-    was_training = model.training
-    model.eval()
-    logits, _ = model(ids)
-    model.train(was_training)
+    with eval_mode(model):
+        logits, _ = model(ids)
     return logits[0, -1].float().cpu()
 
 
@@ -66,7 +66,7 @@ def render_state(model, tokenizer, prompt: str, temperature: float = 1.0, top_p:
         logits = next_token_logits(model, tokenizer, prompt)
     p = shaped_probs(logits, temperature, top_p)
     order = torch.argsort(logits, descending=True)[:n_show]
-    device = next(model.parameters()).device
+    device = device_of(model)
     ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
     out = generate(model, ids, max_new_tokens, temperature=temperature,
                    top_p=None if top_p >= 1 else top_p, seed=seed)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from lmkit.pretrained import embed_sentences, load_encoder
+
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
 _FENCE = re.compile(r"^\s*(```|:::)")
 
@@ -112,8 +114,6 @@ class DenseRetriever:
 
     def __post_init__(self):
         if self.embed is None:
-            from lmkit.pretrained import embed_sentences, load_encoder
-
             model, tok = load_encoder()
             self.embed = lambda texts: embed_sentences(texts, model, tok)
         self.embeddings = self.embed(list(self.passages))  # (N, d)

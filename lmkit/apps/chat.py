@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmkit.generate import generate
+from lmkit.nn import device_of
 
 
 @dataclass
@@ -88,7 +89,7 @@ class ChatSession:
     def send(self, message: str) -> str:
         """Generate the assistant's reply to ``message`` and add the turn to the history."""
         prompt = self.prompt_for(message)
-        ids = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=next(self.model.parameters()).device)
+        ids = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=device_of(self.model))
         seed = None if self.seed is None else self.seed + len(self.history)
         out = generate(self.model, ids, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k, seed=seed)
         text = self.tokenizer.decode(out[0, ids.size(1):].tolist())
