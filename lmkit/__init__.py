@@ -1,4 +1,5 @@
 """lmkit: the companion library of the book."""
+
 import logging as _logging
 
 __version__ = "0.1.0"

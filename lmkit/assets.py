@@ -3,6 +3,7 @@
 A leaf module (it imports no other part of lmkit), so that the tokenizers, the checkpoint loader
 and the pretrained-model helpers can all find files without importing each other.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,9 @@ def checkpoint_path(name: str) -> Path:
         raise ValueError(f"unknown shipped checkpoint {name!r}; choose one of {SHIPPED}")
     path = CHECKPOINT_DIR / name
     if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(f"shipped checkpoint {name!r} is missing from {path}; reinstall lmkit")
+        raise FileNotFoundError(
+            f"shipped checkpoint {name!r} is missing from {path}; reinstall lmkit"
+        )
     return path
 
 

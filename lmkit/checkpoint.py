@@ -3,6 +3,7 @@
 Explained in chapters 10 and 13. Every file is written atomically: to a temporary file in the same
 directory, flushed, then renamed over the target, so a crash never leaves a half-written file.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,11 @@ def save_tensors(path, tensors: dict[str, torch.Tensor], metadata: dict | None =
     path.parent.mkdir(parents=True, exist_ok=True)
     seen, unique, aliases = {}, {}, {}
     for name, t in tensors.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype) if t.numel() else None
+        key = (
+            (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+            if t.numel()
+            else None
+        )
         if key is not None and key in seen:
             aliases[name] = seen[key]
             continue
@@ -96,7 +101,11 @@ def save_model(directory, model, tokenizer=None, info: dict | None = None) -> Pa
     """Save a GPT as ``model.safetensors`` (weights + config), ``tokenizer.json`` and ``info.json``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    save_tensors(d / "model.safetensors", model.state_dict(), {"config": model.config.to_dict(), "kind": "gpt"})
+    save_tensors(
+        d / "model.safetensors",
+        model.state_dict(),
+        {"config": model.config.to_dict(), "kind": "gpt"},
+    )
     if tokenizer is not None:
         tokenizer.save(d)
     if info is not None:
@@ -114,10 +123,16 @@ def load_model(directory, device="cpu"):
         )
     tensors, meta = load_tensors(d / "model.safetensors", device)
     if meta.get("kind") != "gpt" or "config" not in meta:
-        raise ValueError(f"{d / 'model.safetensors'} is not an lmkit GPT checkpoint (metadata: {sorted(meta)})")
+        raise ValueError(
+            f"{d / 'model.safetensors'} is not an lmkit GPT checkpoint (metadata: {sorted(meta)})"
+        )
     model = GPT(GPTConfig(**meta["config"])).to(device)
     model.load_state_dict(tensors)
     model.eval()
     tokenizer = load_tokenizer(d) if (d / "tokenizer.json").exists() else None
-    info = json.loads((d / "info.json").read_text(encoding="utf-8")) if (d / "info.json").exists() else {}
+    info = (
+        json.loads((d / "info.json").read_text(encoding="utf-8"))
+        if (d / "info.json").exists()
+        else {}
+    )
     return model, tokenizer, info

@@ -1,4 +1,5 @@
 """Command line: ``python -m lmkit {train,generate,eval,env,bench,serve} --help``."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,12 +12,40 @@ from pathlib import Path
 
 PRESETS = {
     # tiny: seconds on a CPU (tests, smoke runs)
-    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64, max_steps=100, batch_size=8, lr=3e-3, warmup=10),
+    "tiny": dict(
+        n_layer=2,
+        n_head=2,
+        n_embd=64,
+        block_size=64,
+        max_steps=100,
+        batch_size=8,
+        lr=3e-3,
+        warmup=10,
+    ),
     # cpu: the shipped checkpoints (about ten minutes on two cores)
-    "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, max_steps=1500, batch_size=16, lr=3e-3, warmup=100),
+    "cpu": dict(
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        block_size=256,
+        max_steps=1500,
+        batch_size=16,
+        lr=3e-3,
+        warmup=100,
+    ),
     # gpu: GPT-2 small (124M) shape, bf16 and torch.compile
-    "gpu": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, max_steps=5000, batch_size=16, lr=6e-4, warmup=200,
-                dtype="bfloat16", compile=True),
+    "gpu": dict(
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        block_size=1024,
+        max_steps=5000,
+        batch_size=16,
+        lr=6e-4,
+        warmup=200,
+        dtype="bfloat16",
+        compile=True,
+    ),
 }
 
 
@@ -32,7 +61,11 @@ def _model_source(args):
 def _add_model_source(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--checkpoint", help="directory written by `lmkit train --out DIR`")
-    g.add_argument("--pretrained", default="char-gpt", help="shipped checkpoint: char-gpt or bpe-gpt (default char-gpt)")
+    g.add_argument(
+        "--pretrained",
+        default="char-gpt",
+        help="shipped checkpoint: char-gpt or bpe-gpt (default char-gpt)",
+    )
     p.add_argument("--device", default="cpu")
 
 
@@ -45,7 +78,17 @@ def cmd_train(args):
     from lmkit.train import TrainConfig, evaluate_loss, train
 
     preset = dict(PRESETS[args.preset])
-    for key in ("n_layer", "n_head", "n_embd", "block_size", "max_steps", "batch_size", "lr", "warmup", "dtype"):
+    for key in (
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "block_size",
+        "max_steps",
+        "batch_size",
+        "lr",
+        "warmup",
+        "dtype",
+    ):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     if args.compile:
@@ -64,14 +107,33 @@ def cmd_train(args):
     train_ids = torch.tensor(tok.encode(splits["train"]), dtype=torch.long)
     val_ids = torch.tensor(tok.encode(splits["val"]), dtype=torch.long)
     torch.manual_seed(args.seed)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=preset["block_size"], n_layer=preset["n_layer"],
-                    n_head=preset["n_head"], n_embd=preset["n_embd"], dropout=args.dropout, pos_emb=args.pos_emb)
+    cfg = GPTConfig(
+        vocab_size=tok.vocab_size,
+        block_size=preset["block_size"],
+        n_layer=preset["n_layer"],
+        n_head=preset["n_head"],
+        n_embd=preset["n_embd"],
+        dropout=args.dropout,
+        pos_emb=args.pos_emb,
+    )
     model = GPT(cfg)
-    tcfg = TrainConfig(max_steps=preset["max_steps"], batch_size=preset["batch_size"], grad_accum=args.grad_accum,
-                       lr=preset["lr"], min_lr=preset["lr"] / 10, warmup_steps=preset["warmup"],
-                       dtype=preset.get("dtype", "float32"), compile=preset.get("compile", False), device=device,
-                       seed=args.seed, eval_interval=args.eval_interval, ckpt_interval=args.ckpt_interval,
-                       out_dir=str(out), resume=not args.no_resume, progress=not args.no_progress)
+    tcfg = TrainConfig(
+        max_steps=preset["max_steps"],
+        batch_size=preset["batch_size"],
+        grad_accum=args.grad_accum,
+        lr=preset["lr"],
+        min_lr=preset["lr"] / 10,
+        warmup_steps=preset["warmup"],
+        dtype=preset.get("dtype", "float32"),
+        compile=preset.get("compile", False),
+        device=device,
+        seed=args.seed,
+        eval_interval=args.eval_interval,
+        ckpt_interval=args.ckpt_interval,
+        out_dir=str(out),
+        resume=not args.no_resume,
+        progress=not args.no_progress,
+    )
     t0 = time.time()
     history = train(model, train_ids, val_ids, tcfg)
     import os
@@ -83,7 +145,9 @@ def cmd_train(args):
 
     info = {
         "name": out.name,
-        "command": "python -m lmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.record_command is None else args.record_command,
+        "command": "python -m lmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if args.record_command is None
+        else args.record_command,
         "corpus": args.corpus,
         "tokenizer": tok.kind,
         "val_loss": round(val_loss, 6),
@@ -106,8 +170,15 @@ def cmd_train(args):
         if peak and info["tokens_per_s"]:
             info["mfu"] = round(mfu(info["tokens_per_s"], model.flops_per_token(), peak), 4)
     save_model(out, model.to("cpu"), tok, info)
-    print(json.dumps({k: info[k] for k in ("val_loss", "train_time_s", "tokens_per_s", "params", "steps", "mfu")
-                      if k in info}))
+    print(
+        json.dumps(
+            {
+                k: info[k]
+                for k in ("val_loss", "train_time_s", "tokens_per_s", "params", "steps", "mfu")
+                if k in info
+            }
+        )
+    )
 
 
 def cmd_generate(args):
@@ -121,8 +192,16 @@ def cmd_generate(args):
     if args.beams > 1:
         out, _ = beam_search(model, ids, args.max_new_tokens, num_beams=args.beams)
     else:
-        out = generate(model, ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, use_cache=not args.no_cache, seed=args.seed)
+        out = generate(
+            model,
+            ids,
+            args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            use_cache=not args.no_cache,
+            seed=args.seed,
+        )
     dt = time.perf_counter() - t0
     print(tok.decode(out[0].tolist()))
     print(f"[{out.size(1) - ids.size(1)} tokens in {dt:.2f} s]", file=sys.stderr)
@@ -142,8 +221,18 @@ def cmd_eval(args):
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     loss = evaluate_loss(model, ids, model.config.block_size, 32)
     chars_per_token = len(text) / len(ids)
-    print(json.dumps({"corpus": corpus, "split": args.split, "loss": round(loss, 6), "perplexity": round(math.exp(loss), 4),
-                      "bits_per_char": round(loss / math.log(2) / chars_per_token, 4), "tokens": len(ids)}))
+    print(
+        json.dumps(
+            {
+                "corpus": corpus,
+                "split": args.split,
+                "loss": round(loss, 6),
+                "perplexity": round(math.exp(loss), 4),
+                "bits_per_char": round(loss / math.log(2) / chars_per_token, 4),
+                "tokens": len(ids),
+            }
+        )
+    )
 
 
 def cmd_env(args):
@@ -176,17 +265,33 @@ def cmd_serve(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lmkit", description="lmkit: the book's companion library.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lmkit", description="lmkit: the book's companion library."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a GPT on an offline corpus", description="Train a GPT on an offline corpus.")
-    p.add_argument("--out", required=True, help="output directory (checkpoint, tokenizer, info.json)")
+    p = sub.add_parser(
+        "train",
+        help="train a GPT on an offline corpus",
+        description="Train a GPT on an offline corpus.",
+    )
+    p.add_argument(
+        "--out", required=True, help="output directory (checkpoint, tokenizer, info.json)"
+    )
     p.add_argument("--corpus", default="pydoc", choices=["pydoc", "stdlib", "book"])
     p.add_argument("--tokenizer", default="char", choices=["char", "bpe"])
     p.add_argument("--bpe-vocab", type=int, default=2048)
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    for name, typ in (("n-layer", int), ("n-head", int), ("n-embd", int), ("block-size", int), ("max-steps", int),
-                      ("batch-size", int), ("lr", float), ("warmup", int)):
+    for name, typ in (
+        ("n-layer", int),
+        ("n-head", int),
+        ("n-embd", int),
+        ("block-size", int),
+        ("max-steps", int),
+        ("batch-size", int),
+        ("lr", float),
+        ("warmup", int),
+    ):
         p.add_argument(f"--{name}", type=typ, default=None, help="overrides the preset")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--compile", action="store_true")
@@ -197,12 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--eval-interval", type=int, default=250)
     p.add_argument("--ckpt-interval", type=int, default=250)
-    p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over even if OUT holds a checkpoint"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--record-command", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="sample text from a checkpoint", description="Sample text from a checkpoint.")
+    p = sub.add_parser(
+        "generate",
+        help="sample text from a checkpoint",
+        description="Sample text from a checkpoint.",
+    )
     _add_model_source(p)
     p.add_argument("--prompt", default="The ")
     p.add_argument("--max-new-tokens", type=int, default=200)
@@ -214,23 +325,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="decode without the KV cache")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("eval", help="loss, perplexity and bits per character on a split", description="Evaluate a checkpoint.")
+    p = sub.add_parser(
+        "eval",
+        help="loss, perplexity and bits per character on a split",
+        description="Evaluate a checkpoint.",
+    )
     _add_model_source(p)
     p.add_argument("--corpus", default=None, help="default: the corpus the model was trained on")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("env", help="environment report ([OK]/[FAIL] table)", description="Print the environment report.")
+    p = sub.add_parser(
+        "env",
+        help="environment report ([OK]/[FAIL] table)",
+        description="Print the environment report.",
+    )
     p.set_defaults(func=cmd_env)
 
-    p = sub.add_parser("bench", help="benchmarks against transformers (JSON)", description="Benchmarks, JSON out.")
+    p = sub.add_parser(
+        "bench", help="benchmarks against transformers (JSON)", description="Benchmarks, JSON out."
+    )
     p.add_argument("--quant", action="store_true", help="quantization benchmark instead")
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("serve", help="serve a checkpoint over HTTP", description="Serve a checkpoint over HTTP (FastAPI).")
+    p = sub.add_parser(
+        "serve",
+        help="serve a checkpoint over HTTP",
+        description="Serve a checkpoint over HTTP (FastAPI).",
+    )
     try:
         from lmkit.serve import add_serve_arguments
 
@@ -244,4 +369,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     args.func(args)
-

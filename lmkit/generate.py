@@ -8,9 +8,10 @@ window restarts from the last ``block_size // 2`` tokens (the cache is rebuilt f
 longer than the window is cut to its last ``block_size // 2`` tokens when ``truncate=True`` (the
 default) and raises ``ValueError`` otherwise.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,9 @@ def generate(
     stops generation (the server's per-request deadline, chapter 13).
     """
     if idx.dim() != 2 or idx.size(1) == 0:
-        raise ValueError(f"idx must be a non-empty (batch, time) tensor of token ids, got shape {tuple(idx.shape)}")
+        raise ValueError(
+            f"idx must be a non-empty (batch, time) tensor of token ids, got shape {tuple(idx.shape)}"
+        )
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     window = model.config.block_size
@@ -86,7 +89,14 @@ def generate(
 
 
 @torch.no_grad()
-def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 4, length_penalty: float = 1.0, eos_id: int | None = None):
+def beam_search(
+    model,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    num_beams: int = 4,
+    length_penalty: float = 1.0,
+    eos_id: int | None = None,
+):
     """Beam search for one prompt idx (1, T). Returns (best sequence (1, T + n), its score).
 
     The score is the summed log-probability divided by (generated length) ** length_penalty.

@@ -12,6 +12,7 @@ and chapter 26 (ECE, reliability bins, temperature scaling).
 * :func:`expected_calibration_error`, :func:`reliability_bins`, :func:`fit_temperature`;
 * :func:`ngram_overlap`: the share of a test text's n-grams found in a training text (leakage).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,9 @@ def bits_per_char(mean_nll: float, n_tokens: int, n_chars: int) -> float:
 
 
 @torch.no_grad()
-def sequence_logprob(model, context_ids: list[int], continuation_ids: list[int], device="cpu") -> float:
+def sequence_logprob(
+    model, context_ids: list[int], continuation_ids: list[int], device="cpu"
+) -> float:
     """Sum of log p(continuation token | everything before it) under a GPT (nats).
 
     ``model(idx)`` must return (logits (1, T, V), loss). The joint sequence is cut on the left to the
@@ -45,7 +48,7 @@ def sequence_logprob(model, context_ids: list[int], continuation_ids: list[int],
     """
     ids = list(context_ids) + list(continuation_ids)
     block = model.config.block_size
-    ids = ids[-(block + 1):]
+    ids = ids[-(block + 1) :]
     n_cont = len(continuation_ids)
     x = torch.tensor(ids[:-1], dtype=torch.long, device=device)[None]
     y = torch.tensor(ids[1:], dtype=torch.long, device=device)
@@ -64,7 +67,9 @@ def accuracy_f1(y_true, y_pred, labels=None) -> dict:
 
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        ),
     }
 
 
@@ -119,7 +124,9 @@ def _align(hyp: list[str], ref: list[str]) -> list[tuple[int, int]]:
     return pairs
 
 
-def meteor(hypothesis: str, reference: str, alpha: float = 0.9, beta: float = 3.0, gamma: float = 0.5) -> float:
+def meteor(
+    hypothesis: str, reference: str, alpha: float = 0.9, beta: float = 3.0, gamma: float = 0.5
+) -> float:
     """METEOR (0-1) with exact unigram matches only (Banerjee & Lavie 2005; parameters of Lavie & Agarwal 2007).
 
     F_mean = P R / (alpha P + (1 - alpha) R); the matches are grouped into *chunks* (runs adjacent in
@@ -142,12 +149,16 @@ def meteor(hypothesis: str, reference: str, alpha: float = 0.9, beta: float = 3.
 
 
 @torch.no_grad()
-def token_embeddings(texts: list[str], model=None, tokenizer=None, layer: int = -1) -> list[torch.Tensor]:
+def token_embeddings(
+    texts: list[str], model=None, tokenizer=None, layer: int = -1
+) -> list[torch.Tensor]:
     """Contextual token embeddings (n_i, d) of each text from the offline encoder, [CLS]/[SEP] dropped,
     L2-normalised. ``layer`` indexes the hidden states (-1: last layer)."""
     if model is None or tokenizer is None:
         model, tokenizer = load_encoder()
-    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
+    batch = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt"
+    )
     out = model(**batch, output_hidden_states=True)
     states = out.hidden_states[layer]
     res = []
@@ -157,7 +168,9 @@ def token_embeddings(texts: list[str], model=None, tokenizer=None, layer: int = 
     return res
 
 
-def bertscore(hypotheses: list[str], references: list[str], model=None, tokenizer=None, layer: int = -1) -> dict:
+def bertscore(
+    hypotheses: list[str], references: list[str], model=None, tokenizer=None, layer: int = -1
+) -> dict:
     """BERTScore-style P, R, F1 per pair (Zhang et al. 2020, no idf weights, no baseline rescaling).
 
     Each hypothesis token is matched to its most similar reference token (cosine of contextual

@@ -3,6 +3,7 @@
 Each piece is written to be read. The explicit-math attention path exists for teaching and is
 tested to give the same result as PyTorch's fused ``F.scaled_dot_product_attention``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,7 +71,9 @@ def rope_cache(n_pos: int, head_dim: int, base: float = 10000.0, device=None):
     """
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    inv_freq = base ** (
+        -torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+    )
     angles = torch.arange(n_pos, dtype=torch.float32, device=device)[:, None] * inv_freq
     return angles.cos(), angles.sin()
 
@@ -101,7 +104,14 @@ class FeedForward(nn.Module):
     ``activation`` is "gelu" (GPT-2), "relu" (the original Transformer) or "swiglu" (LLaMA).
     """
 
-    def __init__(self, d_model: int, d_hidden: int, activation: str = "gelu", bias: bool = True, dropout: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        d_hidden: int,
+        activation: str = "gelu",
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if activation not in ("gelu", "relu", "swiglu"):
             raise ValueError(f"activation must be 'gelu', 'relu' or 'swiglu', got {activation!r}")

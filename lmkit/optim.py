@@ -8,15 +8,18 @@ parameter agrees with ``torch.optim`` after many steps.
 The pure functions :func:`sgd_step` and :func:`adam_step` do one update of a single number or
 tensor and return every intermediate quantity, so that a worked example can print them.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 
-def optimizer_step(loss: torch.Tensor, opt, clip_params=None, max_norm: float = 1.0, scheduler=None) -> float:
+def optimizer_step(
+    loss: torch.Tensor, opt, clip_params=None, max_norm: float = 1.0, scheduler=None
+) -> float:
     """One update from ``loss``: clear old gradients, backpropagate, clip the gradient norm of
     ``clip_params`` (when given) to ``max_norm``, step ``opt`` and then ``scheduler``. Returns the
     loss as a float. The four lines every training loop of the applications chapters repeats.
@@ -41,6 +44,7 @@ def _closure_loss(closure: Callable | None):
 
 # --- one step, with every intermediate value (for worked examples) ------------------------------
 
+
 def sgd_step(theta, grad, lr: float, buf=None, momentum: float = 0.0):
     """One (momentum) SGD step: buf <- momentum * buf + grad; theta <- theta - lr * buf.
 
@@ -54,8 +58,18 @@ def sgd_step(theta, grad, lr: float, buf=None, momentum: float = 0.0):
     return theta - lr * buf, buf
 
 
-def adam_step(theta, grad, m, v, t: int, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-              weight_decay: float = 0.0, decoupled: bool = False) -> dict:
+def adam_step(
+    theta,
+    grad,
+    m,
+    v,
+    t: int,
+    lr: float = 1e-3,
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> dict:
     """One Adam (or AdamW when ``decoupled``) step on a float or tensor ``theta``.
 
     Explained in chapter 7. ``m``, ``v`` are the moment estimates after step ``t - 1`` (0 at the
@@ -70,14 +84,15 @@ def adam_step(theta, grad, m, v, t: int, lr: float = 1e-3, betas=(0.9, 0.999), e
         grad = grad + weight_decay * theta
     m = b1 * m + (1 - b1) * grad
     v = b2 * v + (1 - b2) * grad * grad
-    m_hat = m / (1 - b1 ** t)
-    v_hat = v / (1 - b2 ** t)
+    m_hat = m / (1 - b1**t)
+    v_hat = v / (1 - b2**t)
     sqrt = torch.sqrt if isinstance(v_hat, torch.Tensor) else math.sqrt
     update = lr * m_hat / (sqrt(v_hat) + eps)
     return dict(theta=theta - update, m=m, v=v, m_hat=m_hat, v_hat=v_hat, update=update)
 
 
 # --- optimizers over a model's parameters -------------------------------------------------------
+
 
 class SGD(torch.optim.Optimizer):
     """Stochastic gradient descent with optional momentum and L2 weight decay. Chapter 7.
@@ -125,12 +140,21 @@ class Adam(torch.optim.Optimizer):
 
     decoupled = False
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(
+            params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -154,8 +178,8 @@ class Adam(torch.optim.Optimizer):
                     g = g + wd * p
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                m_hat = m / (1 - b1 ** t)
-                v_hat = v / (1 - b2 ** t)
+                m_hat = m / (1 - b1**t)
+                v_hat = v / (1 - b2**t)
                 p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
         return loss
 
@@ -165,7 +189,14 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
@@ -185,8 +216,14 @@ def make(name: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
     return OPTIMIZERS[key](params, lr=lr, **kwargs)
 
 
-def trajectory(loss_fn: Callable[[torch.Tensor], torch.Tensor], start, optimizer: str, lr: float,
-               steps: int, **kwargs) -> torch.Tensor:
+def trajectory(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    start,
+    optimizer: str,
+    lr: float,
+    steps: int,
+    **kwargs,
+) -> torch.Tensor:
     """Run an optimizer on a function of a small vector and return the path.
 
     Explained in chapter 7. ``loss_fn`` maps a (d,) tensor to a scalar; ``start`` is (d,).

@@ -7,6 +7,7 @@
   (chapters 15, 18, 23-27);
 * conversion of lmkit GPT weights to and from ``transformers.GPT2LMHeadModel`` (chapter 9).
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,6 +40,7 @@ def load_pretrained_info(name: str) -> dict:
 
 # --- the offline pretrained encoder -----------------------------------------------------------
 
+
 def load_encoder(device="cpu"):
     """all-MiniLM-L6-v2 (6-layer BERT-family encoder, 22.7M parameters): (model, tokenizer)."""
     from transformers import AutoModel, AutoTokenizer
@@ -49,7 +51,9 @@ def load_encoder(device="cpu"):
 
 
 @torch.no_grad()
-def embed_sentences(sentences, model=None, tokenizer=None, batch_size: int = 64, device="cpu") -> torch.Tensor:
+def embed_sentences(
+    sentences, model=None, tokenizer=None, batch_size: int = 64, device="cpu"
+) -> torch.Tensor:
     """Sentence embeddings (N, 384): mean of token states over the attention mask, L2-normalised.
 
     This is how sentence-transformers pools all-MiniLM-L6-v2. Chapters 23-25.
@@ -58,7 +62,13 @@ def embed_sentences(sentences, model=None, tokenizer=None, batch_size: int = 64,
         model, tokenizer = load_encoder(device)
     out = []
     for i in range(0, len(sentences), batch_size):
-        batch = tokenizer(list(sentences[i : i + batch_size]), padding=True, truncation=True, max_length=256, return_tensors="pt").to(device)
+        batch = tokenizer(
+            list(sentences[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=256,
+            return_tensors="pt",
+        ).to(device)
         states = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
         pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -78,10 +88,20 @@ def _hf_config(cfg):
     if cfg.pos_emb != "learned" or not cfg.bias:
         raise ValueError("only GPTs with learned positions and biases have a GPT-2 equivalent")
     return GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, n_inner=4 * cfg.n_embd, activation_function="gelu_new",
-        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, layer_norm_epsilon=1e-5,
-        tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.block_size,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=4 * cfg.n_embd,
+        activation_function="gelu_new",
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=None,
     )
 
 
@@ -99,7 +119,9 @@ def to_hf_gpt2(model):
             t = t.t()  # transformers' Conv1D stores (in, out)
         sd[hf_name] = t.clone()
     missing, unexpected = hf.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k.split(".")[-2:] not in (["attn", "bias"], ["attn", "masked_bias"])]
+    missing = [
+        k for k in missing if k.split(".")[-2:] not in (["attn", "bias"], ["attn", "masked_bias"])
+    ]
     if missing or unexpected:
         raise RuntimeError(f"conversion mismatch: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
@@ -111,7 +133,13 @@ def from_hf_gpt2(hf):
     c = hf.config
     if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"lmkit's GPT uses tanh-GELU; this model uses {c.activation_function!r}")
-    cfg = GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd)
+    cfg = GPTConfig(
+        vocab_size=c.vocab_size,
+        block_size=c.n_positions,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+    )
     model = GPT(cfg)
     sd = {}
     for name, t in hf.state_dict().items():

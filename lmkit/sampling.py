@@ -3,12 +3,15 @@
 A leaf module (it imports only torch), so that every model's ``generate`` can use it.
 Explained in chapter 12.
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+def filter_logits(
+    logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """Set logits (B, V) outside the top-k / top-p (nucleus) set to -inf."""
     if top_k is not None:
         if top_k < 1:
@@ -30,7 +33,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
-def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
+def next_token(
+    logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None, generator=None
+) -> torch.Tensor:
     """Pick the next token from last-position logits (B, V) -> (B, 1). temperature 0 = greedy."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")

@@ -73,9 +73,17 @@ class ServerLimits:
         if self.max_prompt_tokens is not None and (
             not isinstance(self.max_prompt_tokens, int) or self.max_prompt_tokens < 1
         ):
-            raise ValueError(f"ServerLimits.max_prompt_tokens must be a positive integer or None, got {self.max_prompt_tokens!r}")
-        if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise ValueError(f"ServerLimits.timeout_s must be a positive number of seconds, got {self.timeout_s!r}")
+            raise ValueError(
+                f"ServerLimits.max_prompt_tokens must be a positive integer or None, got {self.max_prompt_tokens!r}"
+            )
+        if not (
+            isinstance(self.timeout_s, (int, float))
+            and math.isfinite(self.timeout_s)
+            and self.timeout_s > 0
+        ):
+            raise ValueError(
+                f"ServerLimits.timeout_s must be a positive number of seconds, got {self.timeout_s!r}"
+            )
 
 
 class GenerationTimeout(Exception):
@@ -106,9 +114,13 @@ def deadline_check(deadline: float):
 def _json_bytes(content: Any) -> bytes:
     """JSON that never fails to encode: lone surrogates (legal in JSON escapes) fall back to \\u."""
     try:
-        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        return json.dumps(
+            content, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode("utf-8")
     except (UnicodeEncodeError, ValueError):
-        return json.dumps(content, ensure_ascii=True, allow_nan=True, separators=(",", ":")).encode("ascii")
+        return json.dumps(content, ensure_ascii=True, allow_nan=True, separators=(",", ":")).encode(
+            "ascii"
+        )
 
 
 def _short(value: Any, n: int = 60) -> str:
@@ -116,13 +128,17 @@ def _short(value: Any, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _error_response(status: int, message: str, errors: list | None = None, headers: dict | None = None):
+def _error_response(
+    status: int, message: str, errors: list | None = None, headers: dict | None = None
+):
     from starlette.responses import Response
 
     content: dict[str, Any] = {"detail": message}
     if errors is not None:
         content["errors"] = errors
-    return Response(_json_bytes(content), status_code=status, headers=headers, media_type="application/json")
+    return Response(
+        _json_bytes(content), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 class RequestGate:
@@ -147,10 +163,15 @@ class RequestGate:
         too_large = f"request body is larger than the limit of {limit} bytes"
         declared = headers.get("content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-            await _error_response(413, f"{too_large} (Content-Length: {_short(declared, 20)})")(scope, receive, send)
+            await _error_response(413, f"{too_large} (Content-Length: {_short(declared, 20)})")(
+                scope, receive, send
+            )
             return
         media = headers.get("content-type", "").split(";")[0].strip().lower()
-        if not (media == "application/json" or (media.startswith("application/") and media.endswith("+json"))):
+        if not (
+            media == "application/json"
+            or (media.startswith("application/") and media.endswith("+json"))
+        ):
             shown = f"'{_short(media, 40)}'" if media else "none"
             message = f"Content-Type must be application/json, got {shown}"
             await _error_response(415, message)(scope, receive, send)
@@ -188,7 +209,7 @@ class RequestGate:
 def _json_problem(body: bytes) -> str | None:
     """None if ``body`` is UTF-8 JSON, else a message saying where it is broken."""
     if not body.strip():
-        return "request body is empty; send a JSON object such as {\"prompt\": \"Hello\"}"
+        return 'request body is empty; send a JSON object such as {"prompt": "Hello"}'
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -227,7 +248,11 @@ def _validation_message(errors: list[dict]) -> tuple[str, list[dict]]:
 def _vocabulary_pattern(tokenizer) -> str | None:
     """A regex of the prompts a character tokenizer (without ``unk``) accepts, for the schema."""
     chars = getattr(tokenizer, "chars", None)
-    if getattr(tokenizer, "kind", None) != "char" or getattr(tokenizer, "unk", None) is not None or not chars:
+    if (
+        getattr(tokenizer, "kind", None) != "char"
+        or getattr(tokenizer, "unk", None) is not None
+        or not chars
+    ):
         return None
     return "^[" + "".join("\\" + c if c in "\\[]^-" else c for c in chars) + "]+$"
 
@@ -263,15 +288,23 @@ def _request_models(limits: ServerLimits, tokenizer, max_prompt_tokens: int):
             allow_inf_nan=False,
             description=f"0 = greedy decoding; otherwise at least {MIN_TEMPERATURE}.",
         )
-        top_k: int | None = Field(None, ge=1, le=vocab_size, description="Keep the k most likely tokens.")
-        top_p: float | None = Field(None, ge=MIN_TOP_P, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass.")
-        seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; drawn and returned if missing.")
+        top_k: int | None = Field(
+            None, ge=1, le=vocab_size, description="Keep the k most likely tokens."
+        )
+        top_p: float | None = Field(
+            None, ge=MIN_TOP_P, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass."
+        )
+        seed: int | None = Field(
+            None, ge=0, le=2**63 - 1, description="Random seed; drawn and returned if missing."
+        )
 
         @field_validator("temperature")
         @classmethod
         def _not_tiny(cls, t: float) -> float:
             if 0.0 < t < MIN_TEMPERATURE:
-                raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {t}")
+                raise ValueError(
+                    f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {t}"
+                )
             return t
 
     class GenerateResponse(BaseModel):
@@ -300,7 +333,6 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-
     limits = limits or ServerLimits()
     if isinstance(checkpoint, (str, Path)):
         model, tokenizer, info = load_model(checkpoint, device=device)
@@ -309,12 +341,16 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
         model, tokenizer = checkpoint
         info, name = {}, type(model).__name__
     if tokenizer is None:
-        raise ValueError(f"checkpoint {checkpoint} has no tokenizer.json; the server needs a tokenizer to read prompts")
+        raise ValueError(
+            f"checkpoint {checkpoint} has no tokenizer.json; the server needs a tokenizer to read prompts"
+        )
     model.eval()
     device = device_of(model)
     config = model.config
     max_prompt_tokens = limits.max_prompt_tokens or config.block_size
-    GenerateRequest, GenerateResponse, ErrorResponse = _request_models(limits, tokenizer, max_prompt_tokens)
+    GenerateRequest, GenerateResponse, ErrorResponse = _request_models(
+        limits, tokenizer, max_prompt_tokens
+    )
     executor: ThreadPoolExecutor | None = None
     state = {"pending": 0, "served": 0}
 
@@ -342,24 +378,42 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc: StarletteHTTPException):
-        return _error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return _error_response(
+            exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request, exc: Exception):  # a bug, not bad input; keep serving
-        return _error_response(500, f"internal error: {type(exc).__name__}: {_short(str(exc), 200)}")
+        return _error_response(
+            500, f"internal error: {type(exc).__name__}: {_short(str(exc), 200)}"
+        )
 
     def run_generation(ids: list[int], req, seed: int, deadline: float):
         idx = torch.tensor([ids], dtype=torch.long, device=device)
-        out = generate(model, idx, req.max_new_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-                       seed=seed, before_step=deadline_check(deadline))
+        out = generate(
+            model,
+            idx,
+            req.max_new_tokens,
+            temperature=req.temperature,
+            top_k=req.top_k,
+            top_p=req.top_p,
+            seed=seed,
+            before_step=deadline_check(deadline),
+        )
         return out[0].tolist()
 
     errors = {
         400: {"model": ErrorResponse, "description": "Body is not UTF-8 JSON"},
         413: {"model": ErrorResponse, "description": "Body larger than the limit"},
         415: {"model": ErrorResponse, "description": "Content-Type is not application/json"},
-        422: {"model": ErrorResponse, "description": "A field is missing, unknown, of the wrong type or out of range"},
-        503: {"model": ErrorResponse, "description": "Time limit reached or too many requests queued"},
+        422: {
+            "model": ErrorResponse,
+            "description": "A field is missing, unknown, of the wrong type or out of range",
+        },
+        503: {
+            "model": ErrorResponse,
+            "description": "Time limit reached or too many requests queued",
+        },
     }
 
     @app.post("/generate", response_model=GenerateResponse, responses=errors)
@@ -374,14 +428,21 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
         if not ids:
             raise HTTPException(422, "prompt encodes to zero tokens; send some text")
         if len(ids) > max_prompt_tokens:
-            raise HTTPException(422, f"prompt is {len(ids)} tokens long; the limit is {max_prompt_tokens} tokens")
+            raise HTTPException(
+                422, f"prompt is {len(ids)} tokens long; the limit is {max_prompt_tokens} tokens"
+            )
         if state["pending"] >= limits.max_queue:
-            raise HTTPException(503, f"server busy: {state['pending']} requests queued (limit {limits.max_queue}); retry later",
-                                headers={"Retry-After": "1"})
+            raise HTTPException(
+                503,
+                f"server busy: {state['pending']} requests queued (limit {limits.max_queue}); retry later",
+                headers={"Retry-After": "1"},
+            )
         seed = req.seed if req.seed is not None else secrets.randbits(63)
         state["pending"] += 1
         try:
-            out = await asyncio.wrap_future(executor.submit(run_generation, ids, req, seed, deadline))
+            out = await asyncio.wrap_future(
+                executor.submit(run_generation, ids, req, seed, deadline)
+            )
         except GenerationTimeout as e:
             raise HTTPException(
                 503,
@@ -392,7 +453,7 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
         finally:
             state["pending"] -= 1
         state["served"] += 1
-        new = out[len(ids):]
+        new = out[len(ids) :]
         return GenerateResponse(
             completion=tokenizer.decode(new),
             text=tokenizer.decode(out),
@@ -411,14 +472,22 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
             "checkpoint": name,
             "model": config.to_dict(),
             "parameters": model.num_params(),
-            "tokenizer": {"kind": getattr(tokenizer, "kind", type(tokenizer).__name__), "vocab_size": tokenizer.vocab_size},
+            "tokenizer": {
+                "kind": getattr(tokenizer, "kind", type(tokenizer).__name__),
+                "vocab_size": tokenizer.vocab_size,
+            },
             "device": str(device),
             "limits": {**asdict(limits), "max_prompt_tokens": max_prompt_tokens},
             "queue": state["pending"],
             "served": state["served"],
         }
 
-    app.state.model, app.state.tokenizer, app.state.info, app.state.limits = model, tokenizer, info, limits
+    app.state.model, app.state.tokenizer, app.state.info, app.state.limits = (
+        model,
+        tokenizer,
+        info,
+        limits,
+    )
     return app
 
 
@@ -426,8 +495,14 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
 # Running it.
 
 
-def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, limits: ServerLimits | None = None,
-          device: str = "cpu", log_level: str = "info") -> None:
+def serve(
+    checkpoint,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: ServerLimits | None = None,
+    device: str = "cpu",
+    log_level: str = "info",
+) -> None:
     """Serve a checkpoint with uvicorn until interrupted (Ctrl-C). Explained in chapter 13.
 
     ``port=0`` lets the operating system pick a free port; the line printed at start names it.
@@ -445,7 +520,9 @@ def _serve_forever(app, host: str, port: int, log_level: str) -> None:
     """
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
     sock = config.bind_socket()  # exits with uvicorn's message if the port is taken
     try:
@@ -477,8 +554,12 @@ class BackgroundServer:
         self.sock.bind((host, port))
         self.host, self.port = host, self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=2)
+        )
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
     def start(self, timeout: float = 10.0) -> str:
         self.thread.start()
@@ -504,18 +585,51 @@ class BackgroundServer:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the flags of ``python -m lmkit serve`` to ``parser``. Explained in chapter 13."""
     d = ServerLimits()
-    parser.add_argument("--checkpoint", required=True, help="directory written by lmkit.checkpoint.save_model")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 = all; default %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 = a free port, printed at start (default %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device for the model (default %(default)s)")
-    parser.add_argument("--max-prompt-chars", type=int, default=d.max_prompt_chars, help="default %(default)s")
-    parser.add_argument("--max-prompt-tokens", type=int, default=None, help="default: the model's block_size")
-    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="default %(default)s")
-    parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="default %(default)s")
-    parser.add_argument("--timeout", type=float, default=d.timeout_s, help="seconds per request (default %(default)s)")
-    parser.add_argument("--max-queue", type=int, default=d.max_queue, help="requests queued at once (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--checkpoint", required=True, help="directory written by lmkit.checkpoint.save_model"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (0.0.0.0 = all; default %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="TCP port; 0 = a free port, printed at start (default %(default)s)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="torch device for the model (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-prompt-chars", type=int, default=d.max_prompt_chars, help="default %(default)s"
+    )
+    parser.add_argument(
+        "--max-prompt-tokens", type=int, default=None, help="default: the model's block_size"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=d.max_new_tokens, help="default %(default)s"
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=d.max_body_bytes, help="default %(default)s"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=d.timeout_s,
+        help="seconds per request (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=d.max_queue,
+        help="requests queued at once (default %(default)s)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     return parser
 
 
@@ -554,7 +668,9 @@ def run_server(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m lmkit.serve --checkpoint DIR [...]``. Explained in chapter 13."""
-    parser = argparse.ArgumentParser(prog="python -m lmkit serve", description="Serve an lmkit GPT checkpoint over HTTP.")
+    parser = argparse.ArgumentParser(
+        prog="python -m lmkit serve", description="Serve an lmkit GPT checkpoint over HTTP."
+    )
     run_server(add_serve_arguments(parser).parse_args(argv))
 
 

@@ -9,6 +9,7 @@ Exact resume works because nothing depends on hidden state: the batch of step ``
 a generator seeded with ``(seed, rank, s)``, and the checkpoint stores the weights, the optimizer
 moments, the global RNG state (for dropout; the GPU's too when training on one) and the metrics so far.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,14 +53,20 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"TrainConfig.dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
+            raise ValueError(
+                f"TrainConfig.dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}"
+            )
         if self.dtype == "float16" and not str(self.device).startswith("cuda"):
-            raise ValueError("float16 training needs a CUDA device (it relies on a gradient scaler); use 'bfloat16' on CPU")
+            raise ValueError(
+                "float16 training needs a CUDA device (it relies on a gradient scaler); use 'bfloat16' on CPU"
+            )
         for name in ("max_steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+            raise ValueError(
+                f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}"
+            )
         self.betas = tuple(self.betas)
 
 
@@ -76,7 +83,10 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     fused = str(cfg.device).startswith("cuda")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
 
@@ -90,8 +100,15 @@ def autocast_context(device: str, dtype: str):
 
 
 @torch.no_grad()
-def evaluate_loss(model, ids: torch.Tensor, block_size: int, batch_size: int = 32, max_batches: int | None = None,
-                  device=None, dtype: str = "float32") -> float:
+def evaluate_loss(
+    model,
+    ids: torch.Tensor,
+    block_size: int,
+    batch_size: int = 32,
+    max_batches: int | None = None,
+    device=None,
+    dtype: str = "float32",
+) -> float:
     """Mean next-token cross-entropy (nats) over non-overlapping blocks of ``ids`` (N,). Chapter 11.
 
     Deterministic: the same ids always give the same blocks. ``max_batches`` caps the cost.
@@ -115,7 +132,11 @@ def evaluate_loss(model, ids: torch.Tensor, block_size: int, batch_size: int = 3
 def _ddp_info():
     """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+        return (
+            int(os.environ["RANK"]),
+            int(os.environ["WORLD_SIZE"]),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
     return 0, 1, 0
 
 
@@ -159,7 +180,7 @@ def save_train_state(path, model, opt, step: int, history: dict, cfg: TrainConfi
 def load_train_state(path, model, opt) -> tuple[int, dict]:
     """Restore what :func:`save_train_state` wrote; returns (step, history)."""
     tensors, meta = load_tensors(path)
-    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(model_sd)
     _restore_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")}, meta)
     torch.set_rng_state(tensors["rng.cpu"])
@@ -188,7 +209,15 @@ def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: Tra
     model.to(device)
     block_size = model.config.block_size
     opt = make_optimizer(model, cfg)
-    history = {"step": [], "train_loss": [], "lr": [], "eval_step": [], "val_loss": [], "tokens_per_s": None, "elapsed_s": 0.0}
+    history = {
+        "step": [],
+        "train_loss": [],
+        "lr": [],
+        "eval_step": [],
+        "val_loss": [],
+        "tokens_per_s": None,
+        "elapsed_s": 0.0,
+    }
     step = 0
     ckpt = Path(cfg.out_dir) / "ckpt.safetensors" if cfg.out_dir else None
     if ckpt is not None and cfg.resume and ckpt.exists():
@@ -199,7 +228,9 @@ def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: Tra
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        train_model = DDP(train_model, device_ids=[local_rank] if str(device).startswith("cuda") else None)
+        train_model = DDP(
+            train_model, device_ids=[local_rank] if str(device).startswith("cuda") else None
+        )
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16")
     is_main = rank == 0
     bar = None
@@ -216,7 +247,9 @@ def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: Tra
             g["lr"] = lr
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 10_007 + step * cfg.grad_accum + micro)
+            gen = torch.Generator().manual_seed(
+                cfg.seed * 1_000_003 + rank * 10_007 + step * cfg.grad_accum + micro
+            )
             x, y = random_batch(train_ids, block_size, cfg.batch_size, gen)
             x, y = x.to(device), y.to(device)
             sync = contextlib.nullcontext()
@@ -243,11 +276,21 @@ def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: Tra
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}")
         last = step == cfg.max_steps
-        if val_ids is not None and is_main and ((cfg.eval_interval and step % cfg.eval_interval == 0) or last):
-            val = evaluate_loss(model, val_ids, block_size, cfg.batch_size, cfg.eval_batches, device, cfg.dtype)
+        if (
+            val_ids is not None
+            and is_main
+            and ((cfg.eval_interval and step % cfg.eval_interval == 0) or last)
+        ):
+            val = evaluate_loss(
+                model, val_ids, block_size, cfg.batch_size, cfg.eval_batches, device, cfg.dtype
+            )
             history["eval_step"].append(step)
             history["val_loss"].append(val)
-        if ckpt is not None and is_main and ((cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or last):
+        if (
+            ckpt is not None
+            and is_main
+            and ((cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or last)
+        ):
             history["tokens_per_s"] = tokens / busy if busy else None
             save_train_state(ckpt, model, opt, step, history, cfg)
             atomic_write_json(Path(cfg.out_dir) / "history.json", history)
@@ -265,8 +308,15 @@ def mfu(tokens_per_s: float, flops_per_token: int, peak_flops: float) -> float:
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s from the vendors' data sheets (fp16 for the
 # T4 and V100, which have no bf16). More specific names first: "H100 PCIe" before "H100".
-GPU_PEAK_FLOPS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
-                  ("L4", 121e12), ("T4", 65e12), ("V100", 125e12))
+GPU_PEAK_FLOPS = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("T4", 65e12),
+    ("V100", 125e12),
+)
 
 
 def gpu_peak_flops(device_name: str) -> float | None:

@@ -12,6 +12,7 @@
   :func:`plot_isoflop_grid`: the fitted Chinchilla loss along curves of constant compute, with a
   slider and its static small multiples.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,6 +31,7 @@ from lmkit.train import TrainConfig, evaluate_loss, lr_at, train
 # Training helpers
 # --------------------------------------------------------------------------------------------
 
+
 def non_embedding_params(model) -> int:
     """Parameters outside the token and position embeddings (Kaplan et al.'s N)."""
     n = sum(p.numel() for p in model.parameters())
@@ -40,13 +42,28 @@ def non_embedding_params(model) -> int:
     return n
 
 
-def make_gpt(vocab_size: int, block_size: int = 64, n_layer: int = 2, n_embd: int = 64, n_head: int | None = None,
-             seed: int = 0, **kw):
+def make_gpt(
+    vocab_size: int,
+    block_size: int = 64,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int | None = None,
+    seed: int = 0,
+    **kw,
+):
     """A seeded :class:`lmkit.models.GPT`; ``n_head`` defaults to ``max(1, n_embd // 16)``."""
     torch.manual_seed(seed)
     n_head = n_head or max(1, n_embd // 16)
-    return GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                         n_embd=n_embd, **kw))
+    return GPT(
+        GPTConfig(
+            vocab_size=vocab_size,
+            block_size=block_size,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            **kw,
+        )
+    )
 
 
 def _train_step(model, opt, lr, train_ids, batch_size, gen, device, grad_clip=None) -> float:
@@ -58,9 +75,19 @@ def _train_step(model, opt, lr, train_ids, batch_size, gen, device, grad_clip=No
     return optimizer_step(loss, opt, model.parameters() if grad_clip else None, grad_clip or 1.0)
 
 
-def train_steps(model, train_ids: torch.Tensor, steps: int, lr_fn, batch_size: int = 16, seed: int = 0,
-                weight_decay: float = 0.0, grad_clip: float = 1.0, betas=(0.9, 0.95), stop_loss: float | None = None,
-                device: str = "cpu") -> dict:
+def train_steps(
+    model,
+    train_ids: torch.Tensor,
+    steps: int,
+    lr_fn,
+    batch_size: int = 16,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    grad_clip: float = 1.0,
+    betas=(0.9, 0.95),
+    stop_loss: float | None = None,
+    device: str = "cpu",
+) -> dict:
     """Train ``model`` for ``steps`` AdamW steps with learning rate ``lr_fn(step)``.
 
     Batches (batch_size, block_size) are drawn from ``train_ids`` (N,) by a generator seeded with
@@ -90,9 +117,18 @@ def ema(values, beta: float = 0.9) -> list[float]:
     return out
 
 
-def lr_range_test(model, train_ids: torch.Tensor, lr_min: float = 1e-5, lr_max: float = 1.0, steps: int = 100,
-                  batch_size: int = 16, seed: int = 0, beta: float = 0.9, diverge: float = 4.0,
-                  device: str = "cpu") -> dict:
+def lr_range_test(
+    model,
+    train_ids: torch.Tensor,
+    lr_min: float = 1e-5,
+    lr_max: float = 1.0,
+    steps: int = 100,
+    batch_size: int = 16,
+    seed: int = 0,
+    beta: float = 0.9,
+    diverge: float = 4.0,
+    device: str = "cpu",
+) -> dict:
     """Learning-rate range test (Smith 2017): lr grows geometrically from ``lr_min`` to ``lr_max``.
 
     Stops when the smoothed loss exceeds ``diverge`` times its minimum. Returns a dict with ``lr``,
@@ -122,14 +158,31 @@ def lr_range_test(model, train_ids: torch.Tensor, lr_min: float = 1e-5, lr_max: 
         if s > diverge * best:
             break
     i_min = int(np.argmin(smooth))
-    slopes = np.gradient(np.asarray(smooth), np.log(np.asarray(lrs))) if len(lrs) > 2 else np.zeros(len(lrs))
+    slopes = (
+        np.gradient(np.asarray(smooth), np.log(np.asarray(lrs)))
+        if len(lrs) > 2
+        else np.zeros(len(lrs))
+    )
     i_steep = int(np.argmin(slopes[: i_min + 1]))
-    return {"lr": lrs, "loss": losses, "smoothed": smooth, "lr_at_min": lrs[i_min], "lr_steepest": lrs[i_steep],
-            "suggested": lrs[i_min] / 10}
+    return {
+        "lr": lrs,
+        "loss": losses,
+        "smoothed": smooth,
+        "lr_at_min": lrs[i_min],
+        "lr_steepest": lrs[i_steep],
+        "suggested": lrs[i_min] / 10,
+    }
 
 
-def schedule_lrs(kind: str, base_lr: float, steps: int, step_size: int | None = None, gamma: float = 0.5,
-                 min_lr: float = 0.0, warmup_steps: int = 0) -> list[float]:
+def schedule_lrs(
+    kind: str,
+    base_lr: float,
+    steps: int,
+    step_size: int | None = None,
+    gamma: float = 0.5,
+    min_lr: float = 0.0,
+    warmup_steps: int = 0,
+) -> list[float]:
     """Learning rate at each of ``steps`` steps, read off a real scheduler.
 
     ``kind``: ``"constant"``; ``"step"`` (``torch.optim.lr_scheduler.StepLR``: multiply by ``gamma``
@@ -143,11 +196,15 @@ def schedule_lrs(kind: str, base_lr: float, steps: int, step_size: int | None = 
     if kind == "constant":
         return [base_lr] * steps
     if kind == "step":
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_size or max(1, steps // 4), gamma=gamma)
+        sched = torch.optim.lr_scheduler.StepLR(
+            opt, step_size=step_size or max(1, steps // 4), gamma=gamma
+        )
     elif kind == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=min_lr)
     else:
-        raise ValueError(f"kind must be 'constant', 'step', 'cosine' or 'warmup_cosine', got {kind!r}")
+        raise ValueError(
+            f"kind must be 'constant', 'step', 'cosine' or 'warmup_cosine', got {kind!r}"
+        )
     out = []
     for _ in range(steps):
         out.append(opt.param_groups[0]["lr"])
@@ -162,25 +219,46 @@ def eval_loss(model, ids: torch.Tensor, batches: int = 4, batch_size: int = 32) 
     return evaluate_loss(model, ids, model.config.block_size, batch_size, batches)
 
 
-def train_run(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, lr: float = 3e-3, steps: int = 100,
-              batch_size: int = 16, block_size: int = 64, n_layer: int = 2, n_embd: int = 64, schedule: str = "cosine",
-              weight_decay: float = 0.0, seed: int = 0, eval_batches: int = 4, device: str = "cpu",
-              **schedule_kw) -> dict:
+def train_run(
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    vocab_size: int,
+    lr: float = 3e-3,
+    steps: int = 100,
+    batch_size: int = 16,
+    block_size: int = 64,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    schedule: str = "cosine",
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    eval_batches: int = 4,
+    device: str = "cpu",
+    **schedule_kw,
+) -> dict:
     """Train a fresh seeded tiny GPT with these hyper-parameters; the unit of every search.
 
     Returns ``{"val_loss", "train_loss" (list), "lr" (list), "params"}``. Explained in chapter 14.
     """
     model = make_gpt(vocab_size, block_size, n_layer, n_embd, seed=seed)
     lrs = schedule_lrs(schedule, lr, steps, **schedule_kw)
-    hist = train_steps(model, train_ids, steps, lambda s: lrs[s], batch_size, seed, weight_decay, device=device)
+    hist = train_steps(
+        model, train_ids, steps, lambda s: lrs[s], batch_size, seed, weight_decay, device=device
+    )
     diverged = len(hist["loss"]) < steps or not math.isfinite(hist["loss"][-1])
     val = float("inf") if diverged else eval_loss(model, val_ids, eval_batches)
-    return {"val_loss": val, "train_loss": hist["loss"], "lr": hist["lr"], "params": non_embedding_params(model)}
+    return {
+        "val_loss": val,
+        "train_loss": hist["loss"],
+        "lr": hist["lr"],
+        "params": non_embedding_params(model),
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # Search
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Param:
@@ -203,7 +281,9 @@ class Param:
         return int(round(value)) if self.integer else value
 
 
-def random_search(objective, space: dict[str, Param], n_trials: int = 10, seed: int = 0) -> list[dict]:
+def random_search(
+    objective, space: dict[str, Param], n_trials: int = 10, seed: int = 0
+) -> list[dict]:
     """Random search (Bergstra & Bengio 2012): ``n_trials`` independent samples of ``space``.
 
     ``objective(**params) -> float`` (lower is better). Returns the trials as dicts
@@ -217,7 +297,9 @@ def random_search(objective, space: dict[str, Param], n_trials: int = 10, seed: 
     return sorted(trials, key=lambda t: (not math.isfinite(t["value"]), t["value"]))
 
 
-def optuna_search(objective, space: dict[str, Param], n_trials: int = 10, seed: int = 0, sampler: str = "tpe"):
+def optuna_search(
+    objective, space: dict[str, Param], n_trials: int = 10, seed: int = 0, sampler: str = "tpe"
+):
     """The same search with Optuna (TPE, seeded); returns the ``optuna.Study``.
 
     Infinite objective values (diverged runs) are reported to Optuna as failed trials. Chapter 14.
@@ -225,8 +307,10 @@ def optuna_search(objective, space: dict[str, Param], n_trials: int = 10, seed: 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    samplers = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, n_trials)),
-                "random": lambda: optuna.samplers.RandomSampler(seed=seed)}
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, n_trials)),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }
     study = optuna.create_study(direction="minimize", sampler=samplers[sampler]())
 
     def wrapped(trial):
@@ -249,9 +333,21 @@ def optuna_search(objective, space: dict[str, Param], n_trials: int = 10, seed: 
 # Scaling
 # --------------------------------------------------------------------------------------------
 
-def scaling_study(sizes, train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int, steps: int = 100,
-                  batch_size: int = 16, block_size: int = 64, lr: float = 3e-3, eval_every: int = 25,
-                  eval_batches: int = 4, seed: int = 0, device: str = "cpu") -> list[dict]:
+
+def scaling_study(
+    sizes,
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    vocab_size: int,
+    steps: int = 100,
+    batch_size: int = 16,
+    block_size: int = 64,
+    lr: float = 3e-3,
+    eval_every: int = 25,
+    eval_batches: int = 4,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[dict]:
     """Train one tiny GPT per ``(n_layer, n_embd)`` in ``sizes`` with :func:`lmkit.train.train`.
 
     Every model sees the same batches for the same number of steps. Returns one record per size:
@@ -261,15 +357,34 @@ def scaling_study(sizes, train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_s
     records = []
     for n_layer, n_embd in sizes:
         model = make_gpt(vocab_size, block_size, n_layer, n_embd, seed=seed)
-        cfg = TrainConfig(max_steps=steps, batch_size=batch_size, lr=lr, min_lr=lr / 10,
-                          warmup_steps=max(1, steps // 10), weight_decay=0.0, device=device, seed=seed,
-                          eval_interval=eval_every, eval_batches=eval_batches, progress=False)
+        cfg = TrainConfig(
+            max_steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            min_lr=lr / 10,
+            warmup_steps=max(1, steps // 10),
+            weight_decay=0.0,
+            device=device,
+            seed=seed,
+            eval_interval=eval_every,
+            eval_batches=eval_batches,
+            progress=False,
+        )
         hist = train(model, train_ids, val_ids, cfg)
         n = non_embedding_params(model)
         tokens = [s * batch_size * block_size for s in hist["eval_step"]]
-        records.append({"n_layer": n_layer, "n_embd": n_embd, "params": n, "steps": hist["eval_step"],
-                        "tokens": tokens, "flops": [6 * n * d for d in tokens], "val_loss": hist["val_loss"],
-                        "final_loss": hist["val_loss"][-1]})
+        records.append(
+            {
+                "n_layer": n_layer,
+                "n_embd": n_embd,
+                "params": n,
+                "steps": hist["eval_step"],
+                "tokens": tokens,
+                "flops": [6 * n * d for d in tokens],
+                "val_loss": hist["val_loss"],
+                "final_loss": hist["val_loss"][-1],
+            }
+        )
         model.to("cpu")
     return records
 
@@ -302,9 +417,14 @@ def fit_power_law(x, y, offset: bool = True) -> dict:
         c0 = 0.5 * float(y.min())
         a0 = max(1e-6, float(y.max()) - c0)
         try:
-            (a_s, alpha, c), _ = curve_fit(lambda t, a_, al, c_: a_ * t ** (-al) + c_, x / scale, y,
-                                           p0=(a0, max(alpha, 0.1), c0), bounds=([0, 0, 0], [np.inf, 5, float(y.min())]),
-                                           maxfev=20000)
+            (a_s, alpha, c), _ = curve_fit(
+                lambda t, a_, al, c_: a_ * t ** (-al) + c_,
+                x / scale,
+                y,
+                p0=(a0, max(alpha, 0.1), c0),
+                bounds=([0, 0, 0], [np.inf, 5, float(y.min())]),
+                maxfev=20000,
+            )
             a, alpha, c = float(a_s * scale**alpha), float(alpha), float(c)
         except RuntimeError:  # no convergence: keep the log-log fit
             pass
@@ -332,18 +452,29 @@ def compute_frontier(records: list[dict]) -> tuple[list[float], list[float]]:
 # The Chinchilla loss surface: an isoFLOP view, its widget and its static small multiples
 # --------------------------------------------------------------------------------------------
 
-CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. 2022, approach 3
+CHINCHILLA = dict(
+    E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28
+)  # Hoffmann et al. 2022, approach 3
 
 
-def chinchilla_loss(n, d, E: float = 1.69, A: float = 406.4, B: float = 410.7, alpha: float = 0.34,
-                    beta: float = 0.28):
+def chinchilla_loss(
+    n,
+    d,
+    E: float = 1.69,
+    A: float = 406.4,
+    B: float = 410.7,
+    alpha: float = 0.34,
+    beta: float = 0.28,
+):
     """Fitted loss ``E + A / N^alpha + B / D^beta`` of Hoffmann et al. (numbers or arrays). Chapter 14."""
     n = np.asarray(n, dtype=float)
     d = np.asarray(d, dtype=float)
     return E + A / n**alpha + B / d**beta
 
 
-def isoflop_optimum(compute: float, n_min: float = 1e6, n_max: float = 1e13, points: int = 4001) -> dict:
+def isoflop_optimum(
+    compute: float, n_min: float = 1e6, n_max: float = 1e13, points: int = 4001
+) -> dict:
     """Model size minimising :func:`chinchilla_loss` at fixed compute ``C = 6 N D`` (log grid search).
 
     Returns ``{"n", "d", "loss", "tokens_per_param"}``. Chapter 14.
@@ -352,4 +483,9 @@ def isoflop_optimum(compute: float, n_min: float = 1e6, n_max: float = 1e13, poi
     d = compute / (6 * n)
     loss = chinchilla_loss(n, d)
     i = int(np.argmin(loss))
-    return {"n": float(n[i]), "d": float(d[i]), "loss": float(loss[i]), "tokens_per_param": float(d[i] / n[i])}
+    return {
+        "n": float(n[i]),
+        "d": float(d[i]),
+        "loss": float(loss[i]),
+        "tokens_per_param": float(d[i] / n[i]),
+    }

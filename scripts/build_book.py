@@ -26,14 +26,23 @@ BUILD = ROOT / "_build"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-execute", action="store_true",
-                        help="build with execute_notebooks: off (outputs as committed)")
+    parser.add_argument(
+        "--no-execute",
+        action="store_true",
+        help="build with execute_notebooks: off (outputs as committed)",
+    )
     parser.add_argument("--all", action="store_true", help="rebuild every page (sphinx -a)")
     args = parser.parse_args()
 
     subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_static.py")], check=True)
-    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT),
-           "-W", "-n", "--keep-going"]
+    cmd = [
+        str(Path(sys.executable).with_name("jupyter-book")),
+        "build",
+        str(ROOT),
+        "-W",
+        "-n",
+        "--keep-going",
+    ]
     if args.all:
         cmd.append("--all")
     if args.no_execute:
@@ -49,8 +58,12 @@ def main() -> int:
         cmd += ["--config", str(tmp)]
     print("build_book:", " ".join(cmd), flush=True)
     # Chapters run offline by default; without these a stray hub call waits ~50 s to fail.
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           **os.environ}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        **os.environ,
+    }
     rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     index = BUILD / "html" / "index.html"
     if rc == 0 and not index.exists():

@@ -27,9 +27,18 @@ KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "langua
 
 def execute(path: Path, timeout: int = 600) -> bool:
     nb = nbformat.read(path, as_version=4)
-    nb.metadata["kernelspec"] = {**KERNELSPEC, **nb.metadata.get("kernelspec", {}), "name": "python3"}
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(path.parent)}})
+    nb.metadata["kernelspec"] = {
+        **KERNELSPEC,
+        **nb.metadata.get("kernelspec", {}),
+        "name": "python3",
+    }
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     start = time.perf_counter()
     try:
         client.execute()

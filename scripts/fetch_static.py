@@ -37,12 +37,19 @@ REGISTRY = "https://registry.npmjs.org"
 PACKAGES = [
     ("mathjax", "3.2.2", {"package/es5/": "mathjax/", "package/LICENSE": "mathjax/LICENSE"}),
     ("requirejs", "2.3.8", {"package/require.js": "requirejs/require.js"}),
-    ("@jupyter-widgets/html-manager", "1.0.15", {
-        "package/dist/embed-amd.js": "html-manager/embed-amd.js",
-        "package/dist/embed.js.LICENSE.txt": "html-manager/LICENSE.txt",
-        # fonts (Font Awesome) that the bundle's CSS loads relative to the script
-        **{f"package/dist/*.{ext}": "html-manager/" for ext in ("woff2", "woff", "ttf", "eot", "svg")},
-    }),
+    (
+        "@jupyter-widgets/html-manager",
+        "1.0.15",
+        {
+            "package/dist/embed-amd.js": "html-manager/embed-amd.js",
+            "package/dist/embed.js.LICENSE.txt": "html-manager/LICENSE.txt",
+            # fonts (Font Awesome) that the bundle's CSS loads relative to the script
+            **{
+                f"package/dist/*.{ext}": "html-manager/"
+                for ext in ("woff2", "woff", "ttf", "eot", "svg")
+            },
+        },
+    ),
 ]
 STAMP = VENDOR / "versions.json"
 
@@ -52,8 +59,13 @@ def wanted() -> dict[str, str]:
 
 
 def tarball_with_npm(spec: str, workdir: Path) -> bytes:
-    out = subprocess.run(["npm", "pack", spec, "--json", "--pack-destination", str(workdir)],
-                         check=True, capture_output=True, text=True, cwd=workdir).stdout
+    out = subprocess.run(
+        ["npm", "pack", spec, "--json", "--pack-destination", str(workdir)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+    ).stdout
     return (workdir / json.loads(out)[0]["filename"]).read_bytes()
 
 
@@ -72,7 +84,11 @@ def tarball_over_https(name: str, version: str) -> bytes:
 def matches(member: str, pattern: str) -> bool:
     if "*" in pattern:
         prefix, _, suffix = pattern.partition("*")
-        return member.startswith(prefix) and member.endswith(suffix) and "/" not in member[len(prefix):]
+        return (
+            member.startswith(prefix)
+            and member.endswith(suffix)
+            and "/" not in member[len(prefix) :]
+        )
     return member == pattern or (pattern.endswith("/") and member.startswith(pattern))
 
 
@@ -86,7 +102,7 @@ def unpack(data: bytes, mapping: dict[str, str]) -> int:
                 if not matches(member.name, pattern):
                     continue
                 if pattern.endswith("/"):
-                    target = VENDOR / dest / member.name[len(pattern):]
+                    target = VENDOR / dest / member.name[len(pattern) :]
                 elif dest.endswith("/"):
                     target = VENDOR / dest / Path(member.name).name
                 else:
@@ -112,12 +128,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, version, mapping in PACKAGES:
             spec = f"{name}@{version}"
-            data = tarball_with_npm(spec, Path(tmp)) if use_npm else tarball_over_https(name, version)
+            data = (
+                tarball_with_npm(spec, Path(tmp)) if use_npm else tarball_over_https(name, version)
+            )
             n = unpack(data, mapping)
             if n == 0:
                 raise RuntimeError(f"{spec}: no files matched {list(mapping)}")
-            print(f"fetch_static: {spec}: {n} files -> _vendor/offline/ "
-                  f"({'npm pack' if use_npm else 'registry over https'})")
+            print(
+                f"fetch_static: {spec}: {n} files -> _vendor/offline/ "
+                f"({'npm pack' if use_npm else 'registry over https'})"
+            )
     STAMP.write_text(json.dumps(wanted(), indent=1) + "\n")
     return 0
 

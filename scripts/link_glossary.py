@@ -6,6 +6,7 @@ Only markdown cells change (no re-execution needed). A bold phrase **term** whos
 glossary term (case-insensitive) becomes **{term}`term <glossary term>`**, once per chapter.
 Run it again after writing a chapter; phrases already linked are left alone.
 """
+
 import re
 from pathlib import Path
 
@@ -18,7 +19,11 @@ GLOSSARY = ROOT / "book" / "appC_glossary.md"
 def glossary_terms() -> list[str]:
     text = GLOSSARY.read_text(encoding="utf-8")
     block = text.split("```{glossary}", 1)[1].split("```", 1)[0]
-    return [line.strip() for line in block.splitlines() if line.strip() and not line.startswith((" ", "\t"))]
+    return [
+        line.strip()
+        for line in block.splitlines()
+        if line.strip() and not line.startswith((" ", "\t"))
+    ]
 
 
 def link_notebook(path: Path, terms: dict[str, str]) -> int:
@@ -43,7 +48,9 @@ def link_notebook(path: Path, terms: dict[str, str]) -> int:
             return f"**{{term}}`{phrase} <{terms[key]}>`**"
 
         # bold phrases outside code spans and math
-        cell.source = re.sub(r"(?<![`$\\])\*\*([A-Za-z][A-Za-z0-9 .\-]*?)\*\*", replace, cell.source)
+        cell.source = re.sub(
+            r"(?<![`$\\])\*\*([A-Za-z][A-Za-z0-9 .\-]*?)\*\*", replace, cell.source
+        )
     if changes:
         nbformat.write(nb, path)
     return changes

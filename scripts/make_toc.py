@@ -4,6 +4,7 @@ Run after adding (and `git add`-ing) a chapter: `.venv/bin/python scripts/make_t
 git tracks are listed, so a draft in the working tree never lands in the committed toc. A part
 with no chapter yet is left out (Jupyter Book refuses empty parts).
 """
+
 import subprocess
 from pathlib import Path
 
@@ -30,14 +31,21 @@ parts:
 """
 
 
-TRACKED = {Path(p) for p in subprocess.run(["git", "ls-files", "book"], cwd=ROOT, capture_output=True,
-                                            text=True, check=True).stdout.split()}
+TRACKED = {
+    Path(p)
+    for p in subprocess.run(
+        ["git", "ls-files", "book"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+}
 
 
 def pages(pattern: str, suffixes=(".ipynb",)) -> list[str]:
     """Tracked pages under book/ matching a glob, as sorted toc entries."""
-    return sorted(f"book/{p.stem}" for p in (ROOT / "book").glob(pattern)
-                  if p.suffix in suffixes and p.relative_to(ROOT) in TRACKED)
+    return sorted(
+        f"book/{p.stem}"
+        for p in (ROOT / "book").glob(pattern)
+        if p.suffix in suffixes and p.relative_to(ROOT) in TRACKED
+    )
 
 
 def chapter_files(numbers) -> list[str]:

@@ -25,14 +25,19 @@ def module_results(meta: Path) -> dict[str, int | None]:
 
 
 def main(modules: list[str]) -> int:
-    metas = ([ROOT / "mutants" / f"{m}.meta" for m in modules] if modules
-             else sorted((ROOT / "mutants" / "lmkit").rglob("*.py.meta")))
+    metas = (
+        [ROOT / "mutants" / f"{m}.meta" for m in modules]
+        if modules
+        else sorted((ROOT / "mutants" / "lmkit").rglob("*.py.meta"))
+    )
     below = 0
     print(f"{'module':32s} {'killed':>7s} {'checked':>8s} {'score':>6s} {'unchecked':>10s}")
     survivors = []
     for meta in metas:
         if not meta.exists():
-            print(f"{meta.relative_to(ROOT / 'mutants').with_suffix('')}: no results (run scripts/mutate.sh)")
+            print(
+                f"{meta.relative_to(ROOT / 'mutants').with_suffix('')}: no results (run scripts/mutate.sh)"
+            )
             below += 1
             continue
         codes = module_results(meta)
@@ -41,8 +46,10 @@ def main(modules: list[str]) -> int:
         score = killed / len(checked) if checked else 0.0
         below += score < TARGET
         name = str(meta.relative_to(ROOT / "mutants").with_suffix(""))
-        print(f"{name:32s} {killed:7d} {len(checked):8d} {score:6.0%} {len(codes) - len(checked):10d}"
-              + ("" if score >= TARGET else f"  below {TARGET:.0%}"))
+        print(
+            f"{name:32s} {killed:7d} {len(checked):8d} {score:6.0%} {len(codes) - len(checked):10d}"
+            + ("" if score >= TARGET else f"  below {TARGET:.0%}")
+        )
         survivors += sorted(k for k, v in checked.items() if v not in KILLED)
     if survivors:
         print(f"\nsurviving mutants ({len(survivors)}; see one with: .venv/bin/mutmut show NAME):")

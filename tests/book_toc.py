@@ -18,12 +18,12 @@ HTML = ROOT / "_build" / "html"
 SUFFIXES = (".ipynb", ".md")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def config() -> dict:
     return yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def toc() -> dict:
     return yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
 

@@ -30,7 +30,10 @@ except ImportError:  # hypothesis is a test extra; tests that need it skip
 else:
     _hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
     _hypothesis_settings.register_profile(
-        "dev", derandomize=False, deadline=None, print_blob=True,
+        "dev",
+        derandomize=False,
+        deadline=None,
+        print_blob=True,
         database=DirectoryBasedExampleDatabase(ROOT / ".hypothesis" / "examples"),
     )
     _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
@@ -55,8 +58,12 @@ def built_book():
             previous_run, _, rc = stamp.read_text().partition(" ")
             if previous_run == run_id:
                 return int(rc), log_path.read_text(encoding="utf-8", errors="replace")
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_book.py"),
-                               "--no-execute"], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "build_book.py"), "--no-execute"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         log = proc.stdout + proc.stderr
         log_path.write_text(log, encoding="utf-8")
         stamp.write_text(f"{run_id} {proc.returncode}")

@@ -47,8 +47,12 @@ def title_of(path: Path) -> str:
     """The first markdown heading of a notebook (or markdown page)."""
     if path.suffix == ".ipynb":
         cells = read_notebook(path).get("cells", [])
-        lines = [line for c in cells if c["cell_type"] == "markdown"
-                 for line in "".join(c["source"]).splitlines()]
+        lines = [
+            line
+            for c in cells
+            if c["cell_type"] == "markdown"
+            for line in "".join(c["source"]).splitlines()
+        ]
     else:
         lines = path.read_text(encoding="utf-8").splitlines()
     for line in lines:
@@ -58,8 +62,12 @@ def title_of(path: Path) -> str:
 
 
 def machine() -> dict:
-    info = {"system": f"{platform.system()} {platform.machine()}", "cpus": os.cpu_count(),
-            "python": platform.python_version(), "gpu": "none"}
+    info = {
+        "system": f"{platform.system()} {platform.machine()}",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "gpu": "none",
+    }
     try:
         import torch
 
@@ -90,8 +98,9 @@ def load() -> dict:
     return {"notebooks": {}}
 
 
-def record(notebook: Path, *, wall_s: float, peak_mib: float | None, result: str,
-           retries: int = 0) -> dict:
+def record(
+    notebook: Path, *, wall_s: float, peak_mib: float | None, result: str, retries: int = 0
+) -> dict:
     """Store one run (``result``: passed, failed or timeout) and re-render the page.
 
     ``retries``: 1 when the run shown is a second run, after the first stalled with the kernel idle
@@ -137,13 +146,23 @@ def render(data: dict) -> str:
         if entry.get("retries"):
             result += " (after a retry: the first run stalled, jupyter/nbclient#312)"
         peak = "" if entry["peak_mib"] is None else f"{entry['peak_mib']:,}"
-        rows.append(f"| {link} | {result} | {entry['wall_s']:.1f} | {peak} | "
-                    f"{entry['date']}; {_machine_text(entry['machine'])} |")
+        rows.append(
+            f"| {link} | {result} | {entry['wall_s']:.1f} | {peak} | "
+            f"{entry['date']}; {_machine_text(entry['machine'])} |"
+        )
         total += entry["wall_s"]
-    table = ["| Chapter | Result | Run time (s) | Peak memory (MiB) | Recorded |",
-             "|---|---|--:|--:|---|", *rows]
-    return (HEADER + "\n" + "\n".join(table) + "\n\n"
-            + f"Total run time of the notebooks above: {total:.0f} s.\n")
+    table = [
+        "| Chapter | Result | Run time (s) | Peak memory (MiB) | Recorded |",
+        "|---|---|--:|--:|---|",
+        *rows,
+    ]
+    return (
+        HEADER
+        + "\n"
+        + "\n".join(table)
+        + "\n\n"
+        + f"Total run time of the notebooks above: {total:.0f} s.\n"
+    )
 
 
 if __name__ == "__main__":

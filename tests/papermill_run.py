@@ -46,11 +46,18 @@ async def _poll_reply_maybe_dropped(self, msg_id, cell, timeout, *args, **kwargs
 
 async def _handle_timeout_diagnosed(self, timeout, cell=None):
     if getattr(self, "_lmkit_idle_seen", False):
-        print(f"{STALL}: the kernel finished the cell but its execute_reply never arrived "
-              "(jupyter/nbclient#312)", file=sys.stderr, flush=True)
+        print(
+            f"{STALL}: the kernel finished the cell but its execute_reply never arrived "
+            "(jupyter/nbclient#312)",
+            file=sys.stderr,
+            flush=True,
+        )
     else:
-        print(f"{BUSY}: the kernel was still executing the cell after {timeout} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"{BUSY}: the kernel was still executing the cell after {timeout} s",
+            file=sys.stderr,
+            flush=True,
+        )
     return await _handle_timeout(self, timeout, cell)
 
 

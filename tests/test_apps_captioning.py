@@ -1,4 +1,5 @@
 """Unit tests for lmkit.apps.captioning (chapter 22): fast and offline."""
+
 import random
 
 import numpy as np
@@ -55,7 +56,9 @@ def test_tensors_and_model_shapes():
     assert imgs.shape == (5, 3, 16, 16) and toks.shape[0] == 5 and toks[0, 0] == vocab.bos_id
     for stem in ("conv", "linear"):
         torch.manual_seed(0)
-        m = C.Captioner(C.CaptionerConfig(len(vocab), image_size=16, patch=4, d_model=32, n_head=2, stem=stem))
+        m = C.Captioner(
+            C.CaptionerConfig(len(vocab), image_size=16, patch=4, d_model=32, n_head=2, stem=stem)
+        )
         logits = m(imgs, toks[:, :-1])
         assert logits.shape == (5, toks.shape[1] - 1, len(vocab))
         assert m.loss(imgs, toks).item() > 0
@@ -70,7 +73,11 @@ def test_training_reduces_loss_and_greedy_captions():
     vocab = C.CaptionVocab()
     scenes = C.make_scenes(64, size=16, seed=1)
     torch.manual_seed(0)
-    m = C.Captioner(C.CaptionerConfig(len(vocab), image_size=16, patch=4, d_model=32, n_head=2, n_dec=1, d_ff=64))
+    m = C.Captioner(
+        C.CaptionerConfig(
+            len(vocab), image_size=16, patch=4, d_model=32, n_head=2, n_dec=1, d_ff=64
+        )
+    )
     losses = C.train_captioner(m, scenes, vocab, steps=40, batch_size=16, lr=3e-3)
     assert np.mean(losses[-5:]) < losses[0]
     caps = C.greedy_caption(m, C.images_tensor(scenes[:4]), vocab, max_len=12)
@@ -81,7 +88,10 @@ def test_training_reduces_loss_and_greedy_captions():
 def test_parse_and_attribute_accuracy():
     p = C.parse_caption("a red circle left of a blue square")
     assert p == {"objects": [("red", "circle"), ("blue", "square")], "relation": "left of"}
-    assert C.parse_caption("a green triangle") == {"objects": [("green", "triangle")], "relation": None}
+    assert C.parse_caption("a green triangle") == {
+        "objects": [("green", "triangle")],
+        "relation": None,
+    }
     refs = ["a red circle left of a blue square", "a green triangle"]
     hyps = ["a red square above a blue square", "a green triangle"]
     acc = C.attribute_accuracy(hyps, refs)

@@ -38,7 +38,10 @@ def test_run_tests_statuses():
 
 
 def test_truncate_completion():
-    assert truncate_completion("    return a\n\n    # c\ndef g():\n    pass") == "    return a\n\n    # c"
+    assert (
+        truncate_completion("    return a\n\n    # c\ndef g():\n    pass")
+        == "    return a\n\n    # c"
+    )
 
 
 def test_benchmark_reference_passes_and_wrong_fails():
@@ -58,7 +61,9 @@ def test_sampling_from_a_tiny_gpt_is_reproducible():
 
     tok = CharTokenizer.from_text("".join(p.prompt + p.reference for p in BENCHMARK))
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=1, n_head=2, n_embd=16))
+    model = GPT(
+        GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=1, n_head=2, n_embd=16)
+    )
     a = sample_completions(model, tok, BENCHMARK[0].prompt, n=3, max_new_tokens=20, seed=1)
     b = sample_completions(model, tok, BENCHMARK[0].prompt, n=3, max_new_tokens=20, seed=1)
     assert a == b and len(a) == 3
@@ -75,4 +80,7 @@ def test_complete_statements():
     assert complete_statements(text) == "import os\n\ndef f(x):\n    return x\nelse_ = 1\n"
     assert parses(complete_statements(text))
     assert complete_statements("def f(x):\n    return (") == ""
-    assert complete_statements("try:\n    a = 1\nexcept E:\n    pass\nx = (") == "try:\n    a = 1\nexcept E:\n    pass\n"
+    assert (
+        complete_statements("try:\n    a = 1\nexcept E:\n    pass\nx = (")
+        == "try:\n    a = 1\nexcept E:\n    pass\n"
+    )

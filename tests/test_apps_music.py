@@ -39,7 +39,15 @@ def test_tokenizer_round_trip_and_tolerance():
         ids = tok.encode(m)
         assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
         assert tok.decode(ids) == m
-    bad = [tok.bos_id, tok.stoi["K:Dm"], tok.stoi["P60"], tok.stoi["P62"], tok.stoi["D2"], tok.stoi["D4"], tok.eos_id]
+    bad = [
+        tok.bos_id,
+        tok.stoi["K:Dm"],
+        tok.stoi["P60"],
+        tok.stoi["P62"],
+        tok.stoi["D2"],
+        tok.stoi["D4"],
+        tok.eos_id,
+    ]
     m = tok.decode(bad)
     assert m.notes == [(62, 2)] and (m.tonic, m.mode) == (2, "minor")
 

@@ -27,7 +27,9 @@ def _setup():
     sv = Vocab.from_texts([s for s, _ in sp["train"]])
     tv = Vocab.from_texts([t for _, t in sp["train"]], char_tokens, "")
     torch.manual_seed(0)
-    model = Seq2SeqTransformer(Seq2SeqConfig(len(sv), len(tv), d_model=32, n_head=2, d_ff=64, n_enc=1, n_dec=1))
+    model = Seq2SeqTransformer(
+        Seq2SeqConfig(len(sv), len(tv), d_model=32, n_head=2, d_ff=64, n_enc=1, n_dec=1)
+    )
     return sp, sv, tv, model
 
 

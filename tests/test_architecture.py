@@ -76,7 +76,9 @@ def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     graph = {}
     for name, path in modules.items():
         ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
-        graph[name] = {m for m, _, _ in imports_of(path, set(modules)) if m != name and m not in ancestors}
+        graph[name] = {
+            m for m, _, _ in imports_of(path, set(modules)) if m != name and m not in ancestors
+        }
     return graph
 
 
@@ -167,7 +169,11 @@ def test_a_planted_cycle_is_found_even_through_a_function_local_import(tmp_path)
         },
     )
     cycle = find_cycle(import_graph(root))
-    assert cycle is not None and set(cycle) == {"lmkit.generate", "lmkit.models", "lmkit.models.rnn"}
+    assert cycle is not None and set(cycle) == {
+        "lmkit.generate",
+        "lmkit.models",
+        "lmkit.models.rnn",
+    }
 
 
 def test_a_package_importing_its_own_submodules_is_no_cycle(tmp_path):
@@ -188,7 +194,10 @@ def test_a_package_importing_its_own_submodules_is_no_cycle(tmp_path):
     [
         (
             "from lmkit.apps.classify import x\n",
-            ["lmkit.models (layer 2) imports lmkit.apps", "lmkit.models (layer 2) imports lmkit.apps.classify"],
+            [
+                "lmkit.models (layer 2) imports lmkit.apps",
+                "lmkit.models (layer 2) imports lmkit.apps.classify",
+            ],
         ),
         ("import lmkit.viz\n", ["lmkit.models (layer 2) imports lmkit.viz"]),
         ("from lmkit import nn\n", []),

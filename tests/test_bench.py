@@ -1,4 +1,5 @@
 """The benchmark runs end to end on tiny settings (its timings are measured, never asserted)."""
+
 from lmkit.bench import bench_decode, bench_training
 
 
@@ -9,5 +10,7 @@ def test_bench_decode_compares_the_same_tokens():
 
 
 def test_bench_training_reports_both_libraries():
-    r = bench_training(steps=1, n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=2, vocab_size=32)
+    r = bench_training(
+        steps=1, n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=2, vocab_size=32
+    )
     assert r["lmkit_tokens_per_s"] > 0 and r["transformers_tokens_per_s"] > 0 and r["ratio"] > 0

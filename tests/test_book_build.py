@@ -19,8 +19,14 @@ from book_toc import HTML, config, toc_docnames
 
 pytestmark = pytest.mark.slow
 
-CDN_HOSTS = ("cdn.jsdelivr.net", "cdnjs.cloudflare.com", "unpkg.com", "polyfill.io",
-             "fonts.googleapis.com", "mathjax.org")
+CDN_HOSTS = (
+    "cdn.jsdelivr.net",
+    "cdnjs.cloudflare.com",
+    "unpkg.com",
+    "polyfill.io",
+    "fonts.googleapis.com",
+    "mathjax.org",
+)
 
 
 def test_book_builds(built_book):
@@ -47,13 +53,20 @@ def _notebook(source: str) -> dict:
     return {
         "cells": [
             {"cell_type": "markdown", "metadata": {}, "source": "# A tiny chapter"},
-            {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
-             "source": source},
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "metadata": {},
+                "outputs": [],
+                "source": source,
+            },
         ],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
-                                    "name": "python3"},
-                     "language_info": {"name": "python"}},
-        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
     }
 
 
@@ -63,8 +76,9 @@ def _tiny_book(path: Path, cell: str) -> Path:
     project = config()
     cfg = {"title": "tiny", "only_build_toc_files": True, "execute": project["execute"]}
     (path / "_config.yml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
-    (path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: chapter\n",
-                                   encoding="utf-8")
+    (path / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nchapters:\n  - file: chapter\n", encoding="utf-8"
+    )
     (path / "intro.md").write_text("# Tiny\n\nA test book.\n", encoding="utf-8")
     (path / "chapter.ipynb").write_text(json.dumps(_notebook(cell)), encoding="utf-8")
     return path
@@ -72,8 +86,13 @@ def _tiny_book(path: Path, cell: str) -> Path:
 
 def _build(book: Path) -> subprocess.CompletedProcess:
     jb = str(Path(sys.executable).with_name("jupyter-book"))
-    return subprocess.run([jb, "build", str(book), "-W", "-n", "--keep-going"], cwd=book,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [jb, "build", str(book), "-W", "-n", "--keep-going"],
+        cwd=book,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_project_executes_notebooks_and_fails_on_errors():
@@ -84,10 +103,14 @@ def test_project_executes_notebooks_and_fails_on_errors():
     assert execute["timeout"] >= 60
 
 
-@pytest.mark.parametrize("cell,should_pass", [
-    ("print(6 * 7)", True),
-    ("raise RuntimeError('this cell fails on purpose')", False),
-], ids=["passing-cell", "failing-cell"])
+@pytest.mark.parametrize(
+    "cell,should_pass",
+    [
+        ("print(6 * 7)", True),
+        ("raise RuntimeError('this cell fails on purpose')", False),
+    ],
+    ids=["passing-cell", "failing-cell"],
+)
 def test_failing_cell_fails_the_build(tmp_path, cell, should_pass):
     proc = _build(_tiny_book(tmp_path / "tiny", cell))
     log = proc.stdout + proc.stderr

@@ -30,6 +30,7 @@ BOOTSTRAP = """\
 # Bootstrap: on Colab, fetch the book (chapters and data) and install lmkit from it;
 # elsewhere lmkit is already installed.
 import sys
+
 if "google.colab" in sys.modules:
     !git clone -q --depth 1 -b {branch} {url} /content/lmkit-book
     %pip install -q "/content/lmkit-book[apps,serve]"
@@ -63,6 +64,7 @@ def code_cells(nb) -> list[dict]:
 
 # --- the table of contents and the configuration ------------------------------------------
 
+
 def test_toc_entries_exist():
     missing = [d for d in toc_docnames() if source_of(d) is None]
     assert not missing, f"_toc.yml lists pages that do not exist: {missing}"
@@ -71,9 +73,14 @@ def test_toc_entries_exist():
 
 def test_every_notebook_is_in_the_toc():
     listed = {str(p.relative_to(ROOT)) for p in NOTEBOOKS}
-    found = {str(p.relative_to(ROOT)) for p in BOOK.rglob("*.ipynb")
-             if ".ipynb_checkpoints" not in p.parts and "_build" not in p.parts}
-    assert not found - listed, f"notebooks under book/ missing from _toc.yml: {sorted(found - listed)}"
+    found = {
+        str(p.relative_to(ROOT))
+        for p in BOOK.rglob("*.ipynb")
+        if ".ipynb_checkpoints" not in p.parts and "_build" not in p.parts
+    }
+    assert not found - listed, (
+        f"notebooks under book/ missing from _toc.yml: {sorted(found - listed)}"
+    )
 
 
 def test_toc_shape():
@@ -101,7 +108,8 @@ def test_config():
         assert (ROOT / bib).exists()
     assert not (ROOT / "_static").exists() or not any((ROOT / "_static").rglob("*.js")), (
         "Jupyter Book adds every .js file under a root _static/ (and the other static paths, "
-        "including the fetched MathJax) to every page; keep JavaScript out of _static/")
+        "including the fetched MathJax) to every page; keep JavaScript out of _static/"
+    )
 
 
 def test_markdown_pages_have_a_title():
@@ -129,7 +137,9 @@ def test_references_bib_parses():
 
 def _page_text(path: Path) -> str:
     if path.suffix == ".ipynb":
-        return "\n".join(src(c) for c in read_notebook(path)["cells"] if c["cell_type"] == "markdown")
+        return "\n".join(
+            src(c) for c in read_notebook(path)["cells"] if c["cell_type"] == "markdown"
+        )
     return path.read_text(encoding="utf-8")
 
 
@@ -146,17 +156,20 @@ def test_citations_resolve():
         for group in CITE.findall(text):
             for key in group.split(","):
                 cited.setdefault(key.strip(), path.name)
-        bibliographies += [path.name for m in BIBLIOGRAPHY.finditer(text)
-                           if ":keyprefix:" not in m.group(0)]
+        bibliographies += [
+            path.name for m in BIBLIOGRAPHY.finditer(text) if ":keyprefix:" not in m.group(0)
+        ]
     unknown = {k: page for k, page in cited.items() if k not in keys}
     assert not unknown, f"citations of keys missing from book/references.bib: {unknown}"
     if cited:
         assert len(bibliographies) == 1, (
             "citations need exactly one {bibliography} directive (without :keyprefix:) in the "
-            f"pages of _toc.yml; found {bibliographies or 'none'}")
+            f"pages of _toc.yml; found {bibliographies or 'none'}"
+        )
 
 
 # --- each notebook ---------------------------------------------------------------------------
+
 
 @pytest.fixture(params=NOTEBOOKS, ids=lambda p: p.stem)
 def notebook(request) -> tuple[Path, dict]:
@@ -172,7 +185,8 @@ def test_valid_nbformat(notebook):
     kernel = nb.metadata.get("kernelspec", {})
     assert kernel.get("name") == "python3", "kernelspec must be python3 (papermill, nbval)"
     assert nb.metadata.get("language_info", {}).get("name") == "python", (
-        "language_info missing: the notebook was not executed in a Jupyter kernel")
+        "language_info missing: the notebook was not executed in a Jupyter kernel"
+    )
 
 
 def test_title_and_introduction(notebook):
@@ -189,7 +203,8 @@ def test_title_and_introduction(notebook):
     words = len(" ".join(intro).split()) - len(lines[0].split())
     assert words >= MIN_INTRO_WORDS, (
         f"introduction before the first code cell has {words} words; say what the reader "
-        f"will learn (at least {MIN_INTRO_WORDS})")
+        f"will learn (at least {MIN_INTRO_WORDS})"
+    )
 
 
 def test_bootstrap_then_parameters(notebook):
@@ -198,7 +213,8 @@ def test_bootstrap_then_parameters(notebook):
     assert len(code) >= 2
     expected = BOOTSTRAP.format(url=repository_url(), branch=repository_branch())
     assert src(code[0]).rstrip() == expected, (
-        f"the first code cell must be the bootstrap, exactly:\n{expected}")
+        f"the first code cell must be the bootstrap, exactly:\n{expected}"
+    )
     assert "parameters" in tags(code[1]), "the second code cell must be tagged 'parameters'"
     assert sum("parameters" in tags(c) for c in code) == 1, "exactly one 'parameters' cell"
 
@@ -211,34 +227,45 @@ def test_executed_in_order_without_errors(notebook):
     counts = [c.get("execution_count") for c in code]
     assert counts == list(range(1, len(code) + 1)), (
         f"execution counts {counts} are not 1..{len(code)}: re-run top to bottom "
-        f"(make execute NB={path.relative_to(ROOT)})")
-    errors = [i for i, c in enumerate(code)
-              for out in c.get("outputs", []) if out.get("output_type") == "error"]
+        f"(make execute NB={path.relative_to(ROOT)})"
+    )
+    errors = [
+        i
+        for i, c in enumerate(code)
+        for out in c.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
     assert not errors, f"error outputs in code cells {errors}"
 
 
 def test_exercises_with_hidden_solutions(notebook):
     path, nb = notebook
     cells = nb["cells"]
-    heading = [i for i, c in enumerate(cells)
-               if c["cell_type"] == "markdown" and re.search(r"^## Exercises\s*$", src(c), re.M)]
+    heading = [
+        i
+        for i, c in enumerate(cells)
+        if c["cell_type"] == "markdown" and re.search(r"^## Exercises\s*$", src(c), re.M)
+    ]
     assert heading, "no '## Exercises' section"
     solved = []
-    for i, cell in enumerate(cells[heading[0]:], start=heading[0]):
+    for i, cell in enumerate(cells[heading[0] :], start=heading[0]):
         if cell["cell_type"] != "markdown":
             continue
         text = src(cell).strip()
         match = SOLUTION.match(text)
         if match:
             following = cells[i + 1] if i + 1 < len(cells) else None
-            assert following is not None and following["cell_type"] == "code" and \
-                "hide-input" in tags(following), (
-                    f"'{text}' must be followed by a code cell tagged 'hide-input'")
+            assert (
+                following is not None
+                and following["cell_type"] == "code"
+                and "hide-input" in tags(following)
+            ), f"'{text}' must be followed by a code cell tagged 'hide-input'"
             solved.append(int(match.group(1)))
         solved.extend(["dropdown"] * len(DROPDOWN.findall(text)))
     assert len(solved) >= MIN_EXERCISES, (
         f"{len(solved)} hidden solutions; at least {MIN_EXERCISES} exercises with solutions "
-        "('**Solution to exercise N**' + a 'hide-input' code cell, or a {dropdown})")
+        "('**Solution to exercise N**' + a 'hide-input' code cell, or a {dropdown})"
+    )
     numbers = [n for n in solved if n != "dropdown"]
     assert len(numbers) == len(set(numbers)), f"solution numbers repeat: {numbers}"
 
@@ -256,10 +283,14 @@ def test_nbval_markers(notebook):
         cell_tags = tags(cell)
         if "skip-execution" in cell_tags:
             assert "nbval-skip" in cell_tags or "# NBVAL_SKIP" in text, (
-                f"code cell {i}: nbval ignores 'skip-execution'; add the 'nbval-skip' tag too")
+                f"code cell {i}: nbval ignores 'skip-execution'; add the 'nbval-skip' tag too"
+            )
         if text.lstrip().startswith("# NBVAL_CHECK_OUTPUT"):
-            outputs = [o for o in cell.get("outputs", [])
-                       if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+            outputs = [
+                o
+                for o in cell.get("outputs", [])
+                if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+            ]
             assert outputs, f"code cell {i} is checked by nbval but prints nothing on stdout"
         elif "NBVAL_CHECK_OUTPUT" in text:
             pytest.fail(f"code cell {i}: '# NBVAL_CHECK_OUTPUT' must be the cell's first line")
@@ -270,16 +301,19 @@ def test_nbval_markers(notebook):
 # upgrade, not on a change of the book. Print what the chapter teaches instead (hasattr, a shape).
 INTERNALS_IN_SOURCE = re.compile(r"\.keys\(\)|\bdir\(|\bvars\(|__dict__|__version__|getsource\(")
 INTERNALS_IN_OUTPUT = re.compile(
-    r"^\s*\(\w+\): [A-Z]\w*\("      # a module repr: "(wte): Embedding(103, 128)"
+    r"^\s*\(\w+\): [A-Z]\w*\("  # a module repr: "(wte): Embedding(103, 128)"
     r"|object at 0x|<class '|odict_keys|dict_keys\(|Config \{"
     r"|\b\d+\.\d+\.\d+\+(cpu|cu\d+)\b",  # a torch build string
-    re.M)
+    re.M,
+)
 
 
 def checked_stdout(cell) -> str:
-    return "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
-                   for o in cell.get("outputs", [])
-                   if not (o.get("output_type") == "stream" and o.get("name") == "stderr"))
+    return "".join(
+        "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+        for o in cell.get("outputs", [])
+        if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+    )
 
 
 def test_checked_outputs_avoid_library_internals(notebook):
@@ -293,21 +327,32 @@ def test_checked_outputs_avoid_library_internals(notebook):
         assert not found, (
             f"code cell {i} is checked by nbval and prints a library's internals "
             f"({found.group(0).strip()!r}): print what the chapter teaches (hasattr, a shape, a "
-            "count), or drop '# NBVAL_CHECK_OUTPUT' from the cell")
+            "count), or drop '# NBVAL_CHECK_OUTPUT' from the cell"
+        )
 
 
 def test_widgets_have_saved_state_and_a_static_figure(notebook):
     path, nb = notebook
-    views = [out["data"][WIDGET_VIEW]["model_id"] for c in code_cells(nb)
-             for out in c.get("outputs", []) if WIDGET_VIEW in out.get("data", {})]
+    views = [
+        out["data"][WIDGET_VIEW]["model_id"]
+        for c in code_cells(nb)
+        for out in c.get("outputs", [])
+        if WIDGET_VIEW in out.get("data", {})
+    ]
     if not views:
         return
     state = nb["metadata"].get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     missing = [v for v in views if v not in state]
-    assert not missing, ("widget state not saved for views {missing}: execute with nbclient/"
-                         "nbconvert (it saves widget state) and commit the notebook")
-    images = [out for c in code_cells(nb) for out in c.get("outputs", [])
-              if any(k.startswith("image/") for k in out.get("data", {}))]
+    assert not missing, (
+        "widget state not saved for views {missing}: execute with nbclient/"
+        "nbconvert (it saves widget state) and commit the notebook"
+    )
+    images = [
+        out
+        for c in code_cells(nb)
+        for out in c.get("outputs", [])
+        if any(k.startswith("image/") for k in out.get("data", {}))
+    ]
     assert images, "a notebook with widgets needs a static figure beside them for the HTML book"
 
 
@@ -320,7 +365,9 @@ def test_errata_are_recorded(notebook):
     chapter = re.match(r"(ch\d\d)", path.stem)
     assert chapter, f"{path.name}: errata need a chNN_ file name"
     errata = BOOK / "errata" / f"{chapter.group(1)}.yml"
-    assert errata.exists(), f"{path.name} has {n_errata} Erratum boxes but no {errata.relative_to(ROOT)}"
+    assert errata.exists(), (
+        f"{path.name} has {n_errata} Erratum boxes but no {errata.relative_to(ROOT)}"
+    )
     rows = yaml.safe_load(errata.read_text(encoding="utf-8"))
     rows = rows.get("errata", rows) if isinstance(rows, dict) else rows
     assert isinstance(rows, list) and rows, f"{errata.name}: expected a list of rows"

@@ -26,9 +26,16 @@ import pytest
 from book_toc import read_notebook, repository_branch, repository_url, source_of, toc_docnames
 
 CHROMIUM = os.environ.get("LMKIT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 TIMEOUT_MS = 60_000
 
@@ -71,8 +78,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                      headless=True)
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield chromium
         chromium.close()
 
@@ -89,10 +95,20 @@ class PageVisit:
         self.context.route("**/*", self._route)
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
-        self.page.on("requestfailed", lambda req: self.failed.append(
-            f"{req.url} ({req.failure})") if _is_local(req.url) else None)
-        self.page.on("response", lambda resp: self.failed.append(
-            f"{resp.url} (HTTP {resp.status})") if resp.status >= 400 else None)
+        self.page.on(
+            "requestfailed",
+            lambda req: (
+                self.failed.append(f"{req.url} ({req.failure})") if _is_local(req.url) else None
+            ),
+        )
+        self.page.on(
+            "response",
+            lambda resp: (
+                self.failed.append(f"{resp.url} (HTTP {resp.status})")
+                if resp.status >= 400
+                else None
+            ),
+        )
         self.page.goto(url, wait_until="load", timeout=TIMEOUT_MS)
         self.page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
 
@@ -119,8 +135,10 @@ def _is_local(url: str) -> bool:
 
 def _colab_url(docname: str) -> str:
     repo = urlparse(repository_url()).path.strip("/")
-    return (f"https://colab.research.google.com/github/{repo}/blob/"
-            f"{repository_branch()}/{docname}.ipynb")
+    return (
+        f"https://colab.research.google.com/github/{repo}/blob/"
+        f"{repository_branch()}/{docname}.ipynb"
+    )
 
 
 def _widget_models_in_view(state: dict, view_ids: list[str]) -> dict:
@@ -150,12 +168,15 @@ def test_page(docname, server, browser):
         # MathJax: every math element of the page typeset, with no TeX errors.
         n_math = page.locator(".math").count()
         if n_math:
-            page.wait_for_function("() => window.MathJax && MathJax.startup && "
-                                   "MathJax.startup.promise", timeout=TIMEOUT_MS)
+            page.wait_for_function(
+                "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                timeout=TIMEOUT_MS,
+            )
             page.evaluate("() => MathJax.startup.promise")
             untypeset = page.evaluate(
                 "() => [...document.querySelectorAll('.math')]"
-                ".filter(e => !e.querySelector('mjx-container')).map(e => e.textContent)")
+                ".filter(e => !e.querySelector('mjx-container')).map(e => e.textContent)"
+            )
             assert not untypeset, f"math not rendered by MathJax: {untypeset[:5]}"
             assert page.locator("mjx-merror").count() == 0, "MathJax reports a TeX error"
 
@@ -186,12 +207,19 @@ def test_page(docname, server, browser):
 def _check_widgets(page, notebook: Path) -> None:
     """Widgets in the notebook's outputs must be rendered from the saved state, with its values."""
     nb = read_notebook(notebook)
-    state = (nb.get("metadata", {}).get("widgets", {})
-             .get("application/vnd.jupyter.widget-state+json", {}).get("state", {}))
-    view_ids = [out["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
-                for cell in nb["cells"] if cell["cell_type"] == "code"
-                for out in cell.get("outputs", [])
-                if "application/vnd.jupyter.widget-view+json" in out.get("data", {})]
+    state = (
+        nb.get("metadata", {})
+        .get("widgets", {})
+        .get("application/vnd.jupyter.widget-state+json", {})
+        .get("state", {})
+    )
+    view_ids = [
+        out["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+        for cell in nb["cells"]
+        if cell["cell_type"] == "code"
+        for out in cell.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in out.get("data", {})
+    ]
     n_views = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
     if not view_ids and not n_views:
         return
@@ -200,7 +228,8 @@ def _check_widgets(page, notebook: Path) -> None:
     assert n_views >= len(shown), "widget views missing from the page"
     page.wait_for_function(
         f"() => document.querySelectorAll('.widget-subarea .jupyter-widgets').length >= {n_views}",
-        timeout=TIMEOUT_MS)
+        timeout=TIMEOUT_MS,
+    )
     texts = page.evaluate("""() => {
         const root = [...document.querySelectorAll('.widget-subarea')];
         const out = [];
@@ -210,16 +239,19 @@ def _check_widgets(page, notebook: Path) -> None:
         }
         return out;
     }""")
-    numbers = [float(x) for t in texts
-               for x in re.findall(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", t)]
+    numbers = [
+        float(x) for t in texts for x in re.findall(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", t)
+    ]
     for model_id, model in _widget_models_in_view(state, shown).items():
         value = model["state"].get("value")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if model["state"].get("readout") is False or any(
-                kind in model["state"].get("_model_name", "") for kind in VALUE_NOT_AS_TEXT):
+            kind in model["state"].get("_model_name", "") for kind in VALUE_NOT_AS_TEXT
+        ):
             continue
         tolerance = 0 if isinstance(value, int) else 0.01 * max(1.0, abs(value))
         assert any(abs(n - value) <= tolerance for n in numbers), (
             f"{model['state'].get('_model_name')} {model_id}: saved value {value} not shown; "
-            f"page shows {texts}")
+            f"page shows {texts}"
+        )

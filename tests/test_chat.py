@@ -1,4 +1,5 @@
 """lmkit.apps.chat: the prompt template, reply cutting, history that fits the window, reproducibility."""
+
 import torch
 
 from lmkit.apps.chat import ChatSession, ChatTemplate, contains_answer, cut_reply
@@ -7,15 +8,22 @@ from lmkit.models import GPT, GPTConfig
 
 
 def _tiny(block_size=64):
-    tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,?:\n", unk="?")
+    tok = CharTokenizer.from_text(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,?:\n", unk="?"
+    )
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=1, n_head=2, n_embd=16)).eval()
+    model = GPT(
+        GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=1, n_head=2, n_embd=16)
+    ).eval()
     return model, tok
 
 
 def test_template_renders_turns():
     t = ChatTemplate(system="S")
-    assert t.render([("hi", "hello")], "how?") == "S\nUser: hi\nAssistant: hello\nUser: how?\nAssistant:"
+    assert (
+        t.render([("hi", "hello")], "how?")
+        == "S\nUser: hi\nAssistant: hello\nUser: how?\nAssistant:"
+    )
     assert ChatTemplate(system="").render([], "x") == "User: x\nAssistant:"
 
 
@@ -49,4 +57,6 @@ def test_prompt_fits_the_window():
 
 
 def test_contains_answer():
-    assert contains_answer("It is a TUPLE.", ["tuple"]) and not contains_answer("a list", ["tuple", "dict"])
+    assert contains_answer("It is a TUPLE.", ["tuple"]) and not contains_answer(
+        "a list", ["tuple", "dict"]
+    )

@@ -1,4 +1,5 @@
 """Checkpoints: safetensors + JSON round trip, tied weights, atomicity, clear errors, no pickle."""
+
 import pytest
 import torch
 from safetensors import SafetensorError
@@ -25,7 +26,11 @@ def test_model_round_trip(tmp_path):
 
 def test_metadata_and_aliases(tmp_path):
     a = torch.randn(3, 3)
-    save_tensors(tmp_path / "t.safetensors", {"a": a, "b": a, "c": torch.zeros(2)}, {"step": 3, "lst": [1, 2]})
+    save_tensors(
+        tmp_path / "t.safetensors",
+        {"a": a, "b": a, "c": torch.zeros(2)},
+        {"step": 3, "lst": [1, 2]},
+    )
     tensors, meta = load_tensors(tmp_path / "t.safetensors")
     assert torch.equal(tensors["b"], a) and meta == {"step": 3, "lst": [1, 2]}
 
@@ -62,13 +67,16 @@ def test_pickle_files_are_not_loaded(tmp_path):
 
 # --- the file-level contract (mutmut, scripts/mutate.sh, found these unchecked) -------------------
 
+
 def _tiny_gpt():
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, n_embd=8))
 
 
 @pytest.mark.parametrize("write", ["bytes", "json", "tensors"])
-def test_atomic_write_renames_a_hidden_sibling_with_ordinary_permissions(tmp_path, monkeypatch, write):
+def test_atomic_write_renames_a_hidden_sibling_with_ordinary_permissions(
+    tmp_path, monkeypatch, write
+):
     """Kills: the temporary file made elsewhere (``dir`` dropped: the rename could cross file
     systems and stop being atomic), not hidden as ``.NAME.*.tmp`` (what cleanup and the tests look
     for), or published with other permissions than 0o666 minus the umask (mkstemp makes 0o600)."""
@@ -78,7 +86,9 @@ def test_atomic_write_renames_a_hidden_sibling_with_ordinary_permissions(tmp_pat
 
     renames = []
     real_replace = os.replace
-    monkeypatch.setattr(os, "replace", lambda src, dst: (renames.append((src, dst)), real_replace(src, dst)))
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: (renames.append((src, dst)), real_replace(src, dst))
+    )
     old_umask = os.umask(0o027)
     try:
         target = tmp_path / "sub" / "dir" / "out.file"  # parents that do not exist yet
@@ -90,7 +100,7 @@ def test_atomic_write_renames_a_hidden_sibling_with_ordinary_permissions(tmp_pat
             save_tensors(target, {"t": torch.zeros(2)})
     finally:
         os.umask(old_umask)
-    (src, dst), = renames
+    ((src, dst),) = renames
     src = type(tmp_path)(src)
     assert src.parent == target.parent and type(tmp_path)(dst) == target
     assert src.name.startswith(".out.file.") and src.name.endswith(".tmp"), src.name
@@ -131,11 +141,17 @@ def test_load_model_needs_both_kind_and_config(tmp_path, meta):
 
 def test_missing_files_are_named_with_what_to_do(tmp_path):
     """Kills: the FileNotFoundError messages of load_model and load_tensors lost or garbled."""
-    with pytest.raises(FileNotFoundError, match=(
+    with pytest.raises(
+        FileNotFoundError,
+        match=(
             r"holds no model.safetensors; expected a directory written by lmkit.checkpoint.save_model "
-            r"\(or `python -m lmkit train --out DIR`\)")):
+            r"\(or `python -m lmkit train --out DIR`\)"
+        ),
+    ):
         load_model(tmp_path)
-    with pytest.raises(FileNotFoundError, match=rf"checkpoint file {tmp_path / 'w.safetensors'} does not exist"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"checkpoint file {tmp_path / 'w.safetensors'} does not exist"
+    ):
         load_tensors(tmp_path / "w.safetensors")
 
 

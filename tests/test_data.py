@@ -1,4 +1,5 @@
 """Corpora, splits, tokenizers and batching."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """lmkit.data.stats (chapter 8): rank-frequency, Zipf and Heaps fits, lengths, coverage."""
+
 import numpy as np
 import pytest
 

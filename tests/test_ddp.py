@@ -1,4 +1,5 @@
 """DDP on CPU (gloo), two processes under torchrun: chapter 17. About a minute on two cores."""
+
 import json
 
 import pytest
@@ -43,8 +44,11 @@ def test_ddp_gradients_equal_single_process():
 
 def test_lmkit_train_runs_under_torchrun(tmp_path):
     out = tmp_path / "run"
-    proc = D.launch(D.tiny_train_args(str(out), steps=4, extra=["--corpus", "book", "--block-size", "32"]),
-                    nproc=2, timeout=300)
+    proc = D.launch(
+        D.tiny_train_args(str(out), steps=4, extra=["--corpus", "book", "--block-size", "32"]),
+        nproc=2,
+        timeout=300,
+    )
     info = json.loads((out / "info.json").read_text())
     assert info["steps"] == 4
     assert (out / "model.safetensors").exists()
@@ -89,7 +93,7 @@ def test_gpipe_schedule_and_bubble():
 # A test-only torchrun worker: it runs lmkit's own command line (`python -m lmkit train ...`), and
 # wraps two names of lmkit.train (looked up by cmd_train at call time) to record every micro-batch
 # the trainer draws and this rank's weights when train() returns.
-_TRAIN_WORKER = '''
+_TRAIN_WORKER = """
 import os, sys
 from safetensors.torch import save_file
 import lmkit.train as T
@@ -114,17 +118,41 @@ def train_and_dump(model, *args, **kwargs):
 
 T.random_batch, T.train = recording_batch, train_and_dump
 main(argv)
-'''
+"""
 
 
 def _train_argv(out, batch_size: int, steps: int, grad_accum: int) -> list[str]:
-    return D.tiny_train_args(str(out), steps=steps, extra=[
-        "--corpus", "book", "--block-size", "16", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
-        "--batch-size", str(batch_size), "--grad-accum", str(grad_accum), "--warmup", "0", "--seed", "7",
-        "--device", "cpu"])[1:]  # ["train", ...]: what follows `python -m lmkit`
+    return D.tiny_train_args(
+        str(out),
+        steps=steps,
+        extra=[
+            "--corpus",
+            "book",
+            "--block-size",
+            "16",
+            "--n-layer",
+            "1",
+            "--n-embd",
+            "32",
+            "--n-head",
+            "2",
+            "--batch-size",
+            str(batch_size),
+            "--grad-accum",
+            str(grad_accum),
+            "--warmup",
+            "0",
+            "--seed",
+            "7",
+            "--device",
+            "cpu",
+        ],
+    )[1:]  # ["train", ...]: what follows `python -m lmkit`
 
 
-def _single_process_weights(out, batches: list, batch_size: int, steps: int, grad_accum: int, monkeypatch):
+def _single_process_weights(
+    out, batches: list, batch_size: int, steps: int, grad_accum: int, monkeypatch
+):
     """lmkit's trainer in this process (world size 1), its k-th draw replaced by ``batches[k]``."""
     import lmkit.train as T
     from lmkit.cli import main
@@ -163,28 +191,43 @@ def test_lmkit_trainer_ddp_equals_single_process_on_the_global_batch(tmp_path, m
     per_rank, steps, accum, tol = 2, 2, 2, 1e-5
     script = tmp_path / "ddp_train_worker.py"
     script.write_text(_TRAIN_WORKER)
-    D.launch([str(script), str(tmp_path), *_train_argv(tmp_path / "ddp", per_rank, steps, accum)],
-             nproc=2, module=False, timeout=300)
+    D.launch(
+        [str(script), str(tmp_path), *_train_argv(tmp_path / "ddp", per_rank, steps, accum)],
+        nproc=2,
+        module=False,
+        timeout=300,
+    )
     dumps = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
     weights = [{k[2:]: v for k, v in d.items() if k.startswith("w.")} for d in dumps]
-    drawn = [[(d[f"x.{i}"], d[f"y.{i}"]) for i in range(sum(k.startswith("x.") for k in d))] for d in dumps]
+    drawn = [
+        [(d[f"x.{i}"], d[f"y.{i}"]) for i in range(sum(k.startswith("x.") for k in d))]
+        for d in dumps
+    ]
     assert len(drawn[0]) == len(drawn[1]) == steps * accum
 
     # every rank trains on its own data; the same draw on both ranks makes the global batch one batch twice
     for k, ((x0, _), (x1, _)) in enumerate(zip(*drawn)):
-        assert not torch.equal(x0, x1), f"micro-batch {k}: rank 1 drew rank 0's sequences (rank missing from the seed?)"
+        assert not torch.equal(x0, x1), (
+            f"micro-batch {k}: rank 1 drew rank 0's sequences (rank missing from the seed?)"
+        )
 
     # the all-reduce keeps every replica identical
     bad = [n for n in weights[0] if not torch.equal(weights[0][n], weights[1][n])]
     assert not bad, f"ranks end with different weights in {bad[:3]} (gradients not synchronised?)"
 
     union = [(torch.cat([x0, x1]), torch.cat([y0, y1])) for (x0, y0), (x1, y1) in zip(*drawn)]
-    ref = _single_process_weights(tmp_path / "single", union, 2 * per_rank, steps, accum, monkeypatch)
+    ref = _single_process_weights(
+        tmp_path / "single", union, 2 * per_rank, steps, accum, monkeypatch
+    )
     diff = {n: (weights[0][n] - ref[n]).abs().max().item() for n in ref}
     worst = max(diff, key=diff.get)
-    assert diff[worst] < tol, f"DDP differs from one process on the global batch: {worst} by {diff[worst]:.3g}"
+    assert diff[worst] < tol, (
+        f"DDP differs from one process on the global batch: {worst} by {diff[worst]:.3g}"
+    )
 
     # the comparison has power: one batch twice (rank 0's) gives weights far from the global batch's
     twice = [(torch.cat([x0, x0]), torch.cat([y0, y0])) for (x0, y0), _ in zip(*drawn)]
-    dup = _single_process_weights(tmp_path / "twice", twice, 2 * per_rank, steps, accum, monkeypatch)
+    dup = _single_process_weights(
+        tmp_path / "twice", twice, 2 * per_rank, steps, accum, monkeypatch
+    )
     assert max((dup[n] - ref[n]).abs().max().item() for n in ref) > 100 * tol

@@ -1,4 +1,5 @@
 """DecodeStep: the one-token decoding step without nn.Module dispatch equals GPT.forward with a cache."""
+
 import pytest
 import torch
 
@@ -19,7 +20,9 @@ def cached_logits(step, model, idx, prefill=5):
     return torch.stack([step(idx[:, t : t + 1], cache) for t in range(prefill, idx.size(1))], dim=1)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(pos_emb="rope"), dict(bias=False), dict(attn_impl="math")])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(pos_emb="rope"), dict(bias=False), dict(attn_impl="math")]
+)
 def test_fused_step_equals_full_forward(kw):
     torch.manual_seed(0)
     model = GPT(tiny(**kw)).eval()
@@ -68,7 +71,9 @@ def test_block_with_hooks_or_wrapper_falls_back_to_forward():
 
     wrapped = Counting(GPT(tiny()).eval())
     out = generate(wrapped, torch.tensor([[1, 2]]), 6, temperature=0)
-    assert wrapped.calls == 6 and torch.equal(out, generate(wrapped.m, torch.tensor([[1, 2]]), 6, temperature=0))
+    assert wrapped.calls == 6 and torch.equal(
+        out, generate(wrapped.m, torch.tensor([[1, 2]]), 6, temperature=0)
+    )
 
 
 def test_full_cache_is_a_clear_error():
@@ -84,6 +89,8 @@ def test_generate_and_beam_search_unchanged_by_the_fused_step():
     model = GPT(tiny()).eval()
     prompt = torch.tensor([[3, 1, 4]])
     # sampling over 40 tokens crosses the window restart; the uncached path never uses DecodeStep
-    assert torch.equal(generate(model, prompt, 40, seed=0), generate(model, prompt, 40, seed=0, use_cache=False))
+    assert torch.equal(
+        generate(model, prompt, 40, seed=0), generate(model, prompt, 40, seed=0, use_cache=False)
+    )
     best, _ = beam_search(model, prompt, 10, num_beams=1)
     assert torch.equal(best, generate(model, prompt, 10, temperature=0))

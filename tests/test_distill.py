@@ -1,4 +1,5 @@
 """lmkit.quant.distill (chapter 16): student config, training with and without a teacher, comparison."""
+
 import torch
 
 from lmkit.models import GPT, GPTConfig
@@ -7,7 +8,9 @@ from lmkit.quant.distill import compare_distillation, student_config, train_stud
 
 def _teacher():
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)).eval()
+    return GPT(
+        GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    ).eval()
 
 
 def _ids(n=400):
@@ -35,15 +38,25 @@ def test_train_student_is_deterministic_and_learns():
     # with the teacher, the student moves towards it (distillation loss with alpha=1 decreases)
     torch.manual_seed(0)
     s3 = GPT(c)
-    h3 = train_student(s3, _ids(), steps=40, batch_size=8, block_size=8, teacher=t, alpha=1.0, lr=1e-2)
+    h3 = train_student(
+        s3, _ids(), steps=40, batch_size=8, block_size=8, teacher=t, alpha=1.0, lr=1e-2
+    )
     assert sum(h3[-5:]) / 5 < sum(h3[:5]) / 5
     assert all(p.grad is None for p in t.parameters())  # no gradient reached the teacher
 
 
 def test_compare_distillation_shapes():
     t = _teacher()
-    r = compare_distillation(t, _ids(), _ids(200), student_config(t.config, 1, 16, 2), steps=5,
-                             batch_size=4, block_size=8, eval_batches=1)
+    r = compare_distillation(
+        t,
+        _ids(),
+        _ids(200),
+        student_config(t.config, 1, 16, 2),
+        steps=5,
+        batch_size=4,
+        block_size=8,
+        eval_batches=1,
+    )
     assert set(r["val_loss"]) == {"teacher", "baseline", "distilled"}
     assert len(r["history"]["baseline"]) == len(r["history"]["distilled"]) == 5
     assert r["params"]["student"] < r["params"]["teacher"]

@@ -1,4 +1,5 @@
 """lmkit.models.embeddings: skip-gram with negative sampling, GloVe, neighbours (chapter 2)."""
+
 import numpy as np
 import pytest
 import torch
@@ -56,8 +57,17 @@ def test_skipgram_loss_at_init_is_log2_times_k_plus_1():
 def test_skipgram_learns_topics():
     words, animals, tools = _toy_corpus()
     v = build_vocab(words, min_count=1)
-    model, losses = train_skipgram(v.encode(words), v.counts, dim=8, window=2, epochs=3, batch_size=256, lr=0.02,
-                                   sample=None, seed=0)
+    model, losses = train_skipgram(
+        v.encode(words),
+        v.counts,
+        dim=8,
+        window=2,
+        epochs=3,
+        batch_size=256,
+        lr=0.02,
+        sample=None,
+        seed=0,
+    )
     assert losses[-1] < losses[0]
     E = model.vectors()
     near = [w for w, _ in nearest_neighbors(E, v, "cat", 3)]
@@ -100,8 +110,18 @@ def test_neighbors_analogy_overlap():
 def test_skipgram_sgd_recipe_and_bad_optimizer():
     words, animals, tools = _toy_corpus(n=1500)
     v = build_vocab(words, min_count=1)
-    model, losses = train_skipgram(v.encode(words), v.counts, dim=8, window=2, epochs=2, batch_size=128, lr=0.025,
-                                   sample=None, seed=0, optimizer="sgd")
+    model, losses = train_skipgram(
+        v.encode(words),
+        v.counts,
+        dim=8,
+        window=2,
+        epochs=2,
+        batch_size=128,
+        lr=0.025,
+        sample=None,
+        seed=0,
+        optimizer="sgd",
+    )
     assert losses[-1] < losses[0]
     with pytest.raises(ValueError):
         train_skipgram(v.encode(words), v.counts, epochs=1, optimizer="lbfgs")

@@ -92,7 +92,8 @@ def test_format_rows_alignment():
     assert lines[2] == "1 OK, 1 FAIL"
 
 
-@pytest.mark.parametrize("text,expected", [("2.13.0+cpu", (2, 13)), ("2.2.0a0", (2, 2)),
-                                           ("3.1", (3, 1))])
+@pytest.mark.parametrize(
+    "text,expected", [("2.13.0+cpu", (2, 13)), ("2.2.0a0", (2, 2)), ("3.1", (3, 1))]
+)
 def test_version_tuple(text, expected):
     assert env._version_tuple(text) == expected

@@ -80,7 +80,8 @@ def test_python_versions_agree():
     conda_python = SpecifierSet(conda_only["python"].replace(" ", ""))
     lower = {s.version for s in requires if s.operator == ">="}
     assert lower == {s.version for s in conda_python if s.operator == ">="}, (
-        f"requires-python {requires} vs environment.yml python{conda_python}")
+        f"requires-python {requires} vs environment.yml python{conda_python}"
+    )
 
 
 def test_same_packages_and_ranges():
@@ -88,8 +89,9 @@ def test_same_packages_and_ranges():
     env, _, _ = environment_requirements()
     assert sorted(set(project) - set(env)) == [], "in pyproject.toml, missing from environment.yml"
     assert sorted(set(env) - set(project)) == [], "in environment.yml, missing from pyproject.toml"
-    different = {name: (str(project[name]), str(env[name])) for name in project
-                 if project[name] != env[name]}
+    different = {
+        name: (str(project[name]), str(env[name])) for name in project if project[name] != env[name]
+    }
     assert not different, f"version ranges differ (pyproject, environment.yml): {different}"
 
 

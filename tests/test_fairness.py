@@ -1,4 +1,5 @@
 """Unit tests for lmkit.frontiers.fairness (chapter 27)."""
+
 import numpy as np
 
 from lmkit.frontiers.fairness import association, counterfactual_test, weat
@@ -25,7 +26,11 @@ def test_association_and_weat_detect_a_planted_bias():
 def test_counterfactual_test():
     def proba(sents):
         return [0.9 if "Ann" in s else (0.4 if "Bob" in s else 0.6) for s in sents]
-    r = counterfactual_test(proba, ["{name} liked it.", "{name} did not."],
-                            {"f": ["Ann", "Cat"], "m": ["Bob", "Dan"]})
+
+    r = counterfactual_test(
+        proba, ["{name} liked it.", "{name} did not."], {"f": ["Ann", "Cat"], "m": ["Bob", "Dan"]}
+    )
     assert abs(r["mean"]["f"] - 0.75) < 1e-9 and abs(r["mean"]["m"] - 0.5) < 1e-9
-    assert abs(r["gap"] - 0.25) < 1e-9 and r["flip_rate"] == 1.0 and abs(r["max_change"] - 0.5) < 1e-9
+    assert (
+        abs(r["gap"] - 0.25) < 1e-9 and r["flip_rate"] == 1.0 and abs(r["max_change"] - 0.5) < 1e-9
+    )

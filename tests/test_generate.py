@@ -1,4 +1,5 @@
 """Decoding: cache equivalence, sampling filters, beam search, long prompts, bad input."""
+
 import pytest
 import torch
 
@@ -13,7 +14,15 @@ def model():
     return GPT(GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=0), dict(temperature=1.0, seed=3), dict(temperature=0.8, top_k=5, seed=1), dict(temperature=1.2, top_p=0.9, seed=2)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(temperature=0),
+        dict(temperature=1.0, seed=3),
+        dict(temperature=0.8, top_k=5, seed=1),
+        dict(temperature=1.2, top_p=0.9, seed=2),
+    ],
+)
 def test_cache_gives_identical_tokens(model, kw):
     prompt = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(0))
     # 60 new tokens: the window (32) fills and restarts twice
@@ -24,9 +33,14 @@ def test_cache_gives_identical_tokens(model, kw):
 
 def test_rope_model_cache_identical():
     torch.manual_seed(1)
-    m = GPT(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_emb="rope")).eval()
+    m = GPT(
+        GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32, pos_emb="rope")
+    ).eval()
     prompt = torch.randint(0, 40, (1, 4))
-    assert torch.equal(generate(m, prompt, 30, temperature=0, use_cache=True), generate(m, prompt, 30, temperature=0, use_cache=False))
+    assert torch.equal(
+        generate(m, prompt, 30, temperature=0, use_cache=True),
+        generate(m, prompt, 30, temperature=0, use_cache=False),
+    )
 
 
 def test_seed_reproducible_and_global_rng_untouched(model):

@@ -1,4 +1,5 @@
 """Unit tests for lmkit.frontiers.generative (chapter 28)."""
+
 import math
 
 import torch

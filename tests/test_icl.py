@@ -1,4 +1,5 @@
 """Tests of lmkit.frontiers.icl (chapter 24): associative recall with one token per demonstration."""
+
 import math
 
 import torch
@@ -10,7 +11,12 @@ def test_sample_recall_tokens_encode_the_map():
     g = torch.Generator().manual_seed(0)
     S, k = 5, 7
     toks, ans, seen, maps = icl.sample_recall(6, k, S, g)
-    assert toks.shape == (6, k + 1) and ans.shape == (6,) and seen.shape == (6,) and maps.shape == (6, S)
+    assert (
+        toks.shape == (6, k + 1)
+        and ans.shape == (6,)
+        and seen.shape == (6,)
+        and maps.shape == (6, S)
+    )
     assert all(sorted(m.tolist()) == list(range(S)) for m in maps)
     xs, ys = toks[:, :k] // S, toks[:, :k] % S
     assert (torch.gather(maps, 1, xs) == ys).all()

@@ -1,4 +1,5 @@
 """Unit tests for lmkit.frontiers.interpret (chapter 29), on a tiny random GPT."""
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,9 @@ def test_logit_lens_intermediate_layer_equals_hooked_residual_decoded():
                 p.mul_(25)
     idx = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(3))
     seen = []
-    handle = m.transformer.h[0].register_forward_hook(lambda mod, args, out: seen.append(out.detach()))
+    handle = m.transformer.h[0].register_forward_hook(
+        lambda mod, args, out: seen.append(out.detach())
+    )
     try:
         lens = logit_lens(m, idx)
     finally:
@@ -82,7 +85,7 @@ def test_probe_layers_finds_a_linear_signal():
     idx = torch.randint(0, 11, (8, 16))
     feats = residual_features(m, idx)
     assert feats.shape == (3, 128, 16)
-    labels = (idx.reshape(-1) % 2).numpy()       # parity of the current token: readable at layer 0
+    labels = (idx.reshape(-1) % 2).numpy()  # parity of the current token: readable at layer 0
     res = probe_layers(feats, labels, seed=0, C=100.0)
     assert len(res) == 3 and res[0]["test_acc"] > 0.8
     assert [r["layer"] for r in res] == [0, 1, 2]
@@ -91,7 +94,9 @@ def test_probe_layers_finds_a_linear_signal():
     tr, te = perm[:89], perm[89:]
     maj = np.bincount(labels[tr]).argmax()
     assert all(r["majority"] == float((labels[te] == maj).mean()) for r in res)
-    assert res[0]["test_acc"] > res[0]["majority"] + 0.2  # the probe reads the signal, not the base rate
+    assert (
+        res[0]["test_acc"] > res[0]["majority"] + 0.2
+    )  # the probe reads the signal, not the base rate
 
 
 def test_attention_helpers():

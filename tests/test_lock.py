@@ -57,14 +57,17 @@ def test_every_requirement_is_pinned_within_its_range(pins):
         assert name in pins, f"{req.name} (pyproject.toml) has no pin in lock.txt: run make lock"
         assert req.specifier.contains(Version(pins[name]), prereleases=True), (
             f"lock.txt pins {req.name}=={pins[name]}, outside pyproject.toml's {req.specifier}: "
-            "run make lock")
+            "run make lock"
+        )
 
 
 def test_tools_and_torch_are_pinned_and_cuda_is_not(pins):
     for name in ("torch", "pip", "setuptools", "uv", "transformers"):
         assert name in pins, f"lock.txt must pin {name}"
     cuda = [n for n in pins if n.startswith("nvidia-") or n == "triton" or n.startswith("cuda-")]
-    assert not cuda, f"lock.txt pins PyTorch's CUDA packages {cuda}; setup.sh installs those with torch"
+    assert not cuda, (
+        f"lock.txt pins PyTorch's CUDA packages {cuda}; setup.sh installs those with torch"
+    )
 
 
 def test_installed_versions_are_the_locked_ones(pins):
@@ -78,12 +81,16 @@ def test_installed_versions_are_the_locked_ones(pins):
             continue
         if Version(have).public != Version(pinned).public:
             wrong.append(f"{name}: {have} installed, {pinned} locked")
-    assert not wrong, "the environment is not the lock; run bash scripts/setup.sh:\n" + "\n".join(wrong)
+    assert not wrong, "the environment is not the lock; run bash scripts/setup.sh:\n" + "\n".join(
+        wrong
+    )
 
 
 def test_parse_lock_applies_markers_and_refuses_garbage():
-    text = ("# header\nfoo==1.0 ; python_version < '3'\nfoo==2.0 ; python_version >= '3'\n"
-            "bar==0.1\n    # via foo\n")
+    text = (
+        "# header\nfoo==1.0 ; python_version < '3'\nfoo==2.0 ; python_version >= '3'\n"
+        "bar==0.1\n    # via foo\n"
+    )
     assert parse_lock(text) == {"foo": "2.0", "bar": "0.1"}
     with pytest.raises(AssertionError, match="line 1"):
         parse_lock("foo>=1.0\n")

@@ -1,4 +1,5 @@
 """Tests of lmkit.metrics (chapters 25-26)."""
+
 import math
 
 import numpy as np
@@ -91,8 +92,12 @@ def test_bertscore_identity_and_order():
     from lmkit.pretrained import load_encoder
 
     model, tok = load_encoder()
-    r = metrics.bertscore(["the cat sat on the mat", "stock prices fell"], ["the cat sat on the mat", "a cat was sitting on a mat"],
-                          model, tok)
+    r = metrics.bertscore(
+        ["the cat sat on the mat", "stock prices fell"],
+        ["the cat sat on the mat", "a cat was sitting on a mat"],
+        model,
+        tok,
+    )
     assert r["F1"][0] == pytest.approx(1.0, abs=1e-5)
     assert r["F1"][1] < 0.9
     emb = metrics.token_embeddings(["hello world"], model, tok)

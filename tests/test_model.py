@@ -1,4 +1,5 @@
 """GPT model: config validation, shapes, loss, explicit vs fused attention, init, KV cache."""
+
 import math
 
 import pytest
@@ -66,10 +67,18 @@ def test_explicit_attention_matches_sdpa(pos_emb):
 def test_attention_function_matches_sdpa_with_masks():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
-    assert torch.allclose(attention(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6)
+    assert torch.allclose(
+        attention(q, k, v, is_causal=True),
+        F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        atol=1e-6,
+    )
     mask = torch.rand(5, 5) > 0.3
     mask[:, 0] = True
-    assert torch.allclose(attention(q, k, v, mask=mask), F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=1e-6)
+    assert torch.allclose(
+        attention(q, k, v, mask=mask),
+        F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        atol=1e-6,
+    )
 
 
 def test_causality_future_tokens_do_not_change_past_logits():
@@ -105,15 +114,21 @@ def test_tied_embedding_is_one_matrix_trained_by_both_uses():
     names = [n for n, p in model.named_parameters() if p is wte]
     assert names == ["transformer.wte.weight"]  # one Parameter, listed once
     assert model.num_params() == sum(p.numel() for p in model.parameters())
-    assert model.num_params() == sum(p.numel() for n, p in model.state_dict().items() if n != "lm_head.weight")
+    assert model.num_params() == sum(
+        p.numel() for n, p in model.state_dict().items() if n != "lm_head.weight"
+    )
 
     idx = torch.randint(0, 37, (2, 10), generator=torch.Generator().manual_seed(1))
     _, loss = model(idx, idx)
     loss.backward()
     twin = GPT(tiny())
     twin.load_state_dict(model.state_dict())
-    twin.lm_head.weight = torch.nn.Parameter(model.transformer.wte.weight.detach().clone())  # untied
-    assert twin.num_params() == model.num_params() + 37 * 16  # untied, the head is a second V x d matrix
+    twin.lm_head.weight = torch.nn.Parameter(
+        model.transformer.wte.weight.detach().clone()
+    )  # untied
+    assert (
+        twin.num_params() == model.num_params() + 37 * 16
+    )  # untied, the head is a second V x d matrix
     # the twin's head applied by hand (not through GPT.forward): logits = ln_f(h) @ W_head.T
     h = twin.transformer.ln_f(twin.hidden_states(idx)[-1])
     loss_twin = F.cross_entropy((h @ twin.lm_head.weight.T).view(-1, 37), idx.view(-1))
@@ -153,7 +168,9 @@ def test_attention_maps_equal_an_independent_computation():
     scores = q @ k.transpose(-1, -2) / math.sqrt(C // H)
     scores = scores.masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
     torch.testing.assert_close(maps[0], torch.softmax(scores, -1), atol=1e-6, rtol=1e-5)
-    assert (maps[0] - maps[1]).abs().max() > 1e-3  # the two layers differ: layer 0 is not a stand-in
+    assert (
+        maps[0] - maps[1]
+    ).abs().max() > 1e-3  # the two layers differ: layer 0 is not a stand-in
 
 
 def test_parameter_count_formula():
@@ -200,7 +217,9 @@ def test_parameter_count_and_flops_by_hand():
     from lmkit.models import GPT, GPTConfig
 
     V, T, L, H, C = 11, 16, 2, 2, 8
-    block = 4 * C * C + 4 * C + 2 * C + (C * 4 * C + 4 * C) + (4 * C * C + C) + 2 * C  # attn, 2 norms, mlp
+    block = (
+        4 * C * C + 4 * C + 2 * C + (C * 4 * C + 4 * C) + (4 * C * C + C) + 2 * C
+    )  # attn, 2 norms, mlp
     total = V * C + T * C + L * block + 2 * C  # tied head counted once; final norm
     learned = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C))
     assert learned.num_params() == total

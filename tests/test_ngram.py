@@ -1,4 +1,5 @@
 """lmkit.models.ngram: counts, smoothing, normalisation, perplexity (chapter 1)."""
+
 import math
 
 import numpy as np

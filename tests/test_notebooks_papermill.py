@@ -100,7 +100,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 @dataclass
 class Run:
-    result: str            # passed, failed or timeout
+    result: str  # passed, failed or timeout
     wall_s: float
     peak_mib: float | None
     log: str
@@ -112,18 +112,40 @@ class Run:
         return STALL in self.log
 
 
-def run_papermill(notebook: Path, output: Path, timeout: float, cell_timeout: float = CELL_TIMEOUT,
-                  env: dict | None = None) -> Run:
+def run_papermill(
+    notebook: Path,
+    output: Path,
+    timeout: float,
+    cell_timeout: float = CELL_TIMEOUT,
+    env: dict | None = None,
+) -> Run:
     """Execute ``notebook`` with papermill (offline, python3 kernel, cwd = its folder)."""
-    cmd = [sys.executable, str(Path(__file__).with_name("papermill_run.py")), str(notebook), str(output),
-           "--kernel", "python3", "--cwd", str(notebook.parent),
-           "--execution-timeout", str(int(min(cell_timeout, timeout))),
-           "--no-progress-bar", "--log-level", "WARNING"]
-    env = {**os.environ, **(env or {}), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        str(Path(__file__).with_name("papermill_run.py")),
+        str(notebook),
+        str(output),
+        "--kernel",
+        "python3",
+        "--cwd",
+        str(notebook.parent),
+        "--execution-timeout",
+        str(int(min(cell_timeout, timeout))),
+        "--no-progress-bar",
+        "--log-level",
+        "WARNING",
+    ]
+    env = {
+        **os.environ,
+        **(env or {}),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     monitor = TreeMemoryMonitor(proc.pid)
     monitor.start()
     try:
@@ -148,38 +170,51 @@ def test_notebook_runs(notebook: Path):
     retries = 0
     if run.stalled and not stalled_before:
         # a warning, so the retry shows in pytest's summary of a passing run too
-        warnings.warn(f"{notebook.name}: RETRY: a cell stalled (kernel idle, execute_reply lost, "
-                      f"jupyter/nbclient#312) after {run.wall_s:.0f} s; running the notebook once more")
+        warnings.warn(
+            f"{notebook.name}: RETRY: a cell stalled (kernel idle, execute_reply lost, "
+            f"jupyter/nbclient#312) after {run.wall_s:.0f} s; running the notebook once more"
+        )
         retries = 1
         first_log = run.log
         run = run_papermill(notebook, OUT_DIR / notebook.name, NOTEBOOK_TIMEOUT)
-    entry = notebook_status.record(notebook, wall_s=run.wall_s, peak_mib=run.peak_mib,
-                                   result=run.result, retries=retries)
-    print(f"{notebook.name}: {run.result}, {entry['wall_s']} s, peak {entry['peak_mib']} MiB"
-          + (", after 1 retry" if retries else ""))
+    entry = notebook_status.record(
+        notebook, wall_s=run.wall_s, peak_mib=run.peak_mib, result=run.result, retries=retries
+    )
+    print(
+        f"{notebook.name}: {run.result}, {entry['wall_s']} s, peak {entry['peak_mib']} MiB"
+        + (", after 1 retry" if retries else "")
+    )
     assert not (run.stalled and stalled_before), (
         f"{notebook.name} stalled (jupyter/nbclient#312) in this run and in the previous recorded "
-        f"one (book/status.json): a stall that repeats is a bug to fix, not to retry\n{run.log[-4000:]}")
+        f"one (book/status.json): a stall that repeats is a bug to fix, not to retry\n{run.log[-4000:]}"
+    )
     assert not (run.stalled and retries), (
         f"{notebook.name} stalled twice in a row (jupyter/nbclient#312)\n"
-        f"first run:\n{first_log[-2000:]}\nretry:\n{run.log[-2000:]}")
+        f"first run:\n{first_log[-2000:]}\nretry:\n{run.log[-2000:]}"
+    )
     assert BUSY not in run.log, (
         f"{notebook.name}: a cell was still executing after {CELL_TIMEOUT:.0f} s "
-        f"(LMKIT_CELL_TIMEOUT)\n{run.log[-4000:]}")
+        f"(LMKIT_CELL_TIMEOUT)\n{run.log[-4000:]}"
+    )
     assert run.result != "timeout", (
         f"{notebook.name} did not finish in {NOTEBOOK_TIMEOUT:.0f} s "
-        f"(LMKIT_NOTEBOOK_TIMEOUT); its defaults must run in about a minute\n{run.log[-4000:]}")
+        f"(LMKIT_NOTEBOOK_TIMEOUT); its defaults must run in about a minute\n{run.log[-4000:]}"
+    )
     assert run.result == "passed", f"{notebook.name} failed under papermill:\n{run.log[-8000:]}"
 
 
 # --- the measuring machinery itself, on tiny notebooks -------------------------------------
 
+
 def _tiny_notebook(path: Path, *sources: str) -> Path:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.cells = [nbformat.v4.new_code_cell(src) for src in sources]
     nb.cells[0].metadata["tags"] = ["parameters"]
     nbformat.write(nb, path)
@@ -188,10 +223,13 @@ def _tiny_notebook(path: Path, *sources: str) -> Path:
 
 @pytest.mark.slow
 def test_papermill_measures_memory_and_uses_the_notebook_folder(tmp_path):
-    nb = _tiny_notebook(tmp_path / "probe.ipynb", "MB = 300",
-                        "import os, numpy as np\n"
-                        "assert os.getcwd() == %r\n"
-                        "block = np.ones(MB * 2**20 // 8)" % str(tmp_path))
+    nb = _tiny_notebook(
+        tmp_path / "probe.ipynb",
+        "MB = 300",
+        "import os, numpy as np\n"
+        "assert os.getcwd() == %r\n"
+        "block = np.ones(MB * 2**20 // 8)" % str(tmp_path),
+    )
     run = run_papermill(nb, tmp_path / "out.ipynb", timeout=300)
     assert run.result == "passed", run.log
     assert run.peak_mib is not None and run.peak_mib >= 300, run.peak_mib
@@ -199,7 +237,9 @@ def test_papermill_measures_memory_and_uses_the_notebook_folder(tmp_path):
 
 @pytest.mark.slow
 def test_papermill_timeout_kills_the_kernel(tmp_path):
-    nb = _tiny_notebook(tmp_path / "slow.ipynb", "SECONDS = 600", "import time; time.sleep(SECONDS)")
+    nb = _tiny_notebook(
+        tmp_path / "slow.ipynb", "SECONDS = 600", "import time; time.sleep(SECONDS)"
+    )
     run = run_papermill(nb, tmp_path / "out.ipynb", timeout=60)  # papermill + kernel start first
     assert run.result == "timeout"
     assert run.pids, "the monitor saw no kernel"
@@ -217,8 +257,13 @@ def test_papermill_timeout_kills_the_kernel(tmp_path):
 def test_cell_timeouts_are_diagnosed(tmp_path):
     """A lost reply is a STALL (retried); a cell still running is BUSY (never retried)."""
     nb = _tiny_notebook(tmp_path / "stall.ipynb", "X = 1", "# drop-this-reply\nY = X + 1")
-    run = run_papermill(nb, tmp_path / "out.ipynb", timeout=120, cell_timeout=5,
-                        env={"LMKIT_PAPERMILL_DROP_REPLY": "# drop-this-reply"})
+    run = run_papermill(
+        nb,
+        tmp_path / "out.ipynb",
+        timeout=120,
+        cell_timeout=5,
+        env={"LMKIT_PAPERMILL_DROP_REPLY": "# drop-this-reply"},
+    )
     assert run.result == "failed" and run.stalled and BUSY not in run.log, run.log[-3000:]
     nb = _tiny_notebook(tmp_path / "busy.ipynb", "SECONDS = 60", "import time; time.sleep(SECONDS)")
     run = run_papermill(nb, tmp_path / "out.ipynb", timeout=120, cell_timeout=5)

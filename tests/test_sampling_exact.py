@@ -4,6 +4,7 @@ The reference probabilities are computed here with ``torch.softmax`` and plain P
 the sorted tokens, never through lmkit; the models are fakes whose next-token logits are fixed
 tables, so the expected output of every decoding rule can be worked out by hand.
 """
+
 import math
 
 import pytest
@@ -42,7 +43,9 @@ class FixedLM(nn.Module):
 
     def __init__(self, logits, block_size=16):
         super().__init__()
-        self.config = GPTConfig(vocab_size=len(logits), block_size=block_size, n_layer=1, n_head=1, n_embd=1)
+        self.config = GPTConfig(
+            vocab_size=len(logits), block_size=block_size, n_layer=1, n_head=1, n_embd=1
+        )
         self.register_buffer("logits", logits.float())
         self.dummy = nn.Parameter(torch.zeros(1))
 
@@ -61,7 +64,9 @@ class TableLM(nn.Module):
     def __init__(self, table, vocab_size, block_size=16):
         super().__init__()
         self.table = table
-        self.config = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=1, n_head=1, n_embd=1)
+        self.config = GPTConfig(
+            vocab_size=vocab_size, block_size=block_size, n_layer=1, n_head=1, n_embd=1
+        )
         self.dummy = nn.Parameter(torch.zeros(1))
 
     def forward(self, idx, targets=None, cache=None):
@@ -74,7 +79,10 @@ class TableLM(nn.Module):
             hist = keys[:, 0, :, 0].round().long()
             cache.advance(T)
         end = hist.size(1)
-        rows = [[self.table(tuple(hist[b, : t + 1].tolist())) for t in range(end - T, end)] for b in range(B)]
+        rows = [
+            [self.table(tuple(hist[b, : t + 1].tolist())) for t in range(end - T, end)]
+            for b in range(B)
+        ]
         return torch.tensor(rows, dtype=torch.float32), None
 
 
@@ -119,7 +127,9 @@ def test_reference_cases_really_differ():
 def test_top_p_boundary_and_one_keeps_everything():
     """Kills: top_p compared with '>' (a nucleus that reaches top_p exactly must stop there);
     top_p=1.0 dropping tail tokens whose probability rounds the cumulative sum to 1."""
-    exact = torch.tensor([[math.log(2.0), 0.0, 0.0]])  # probabilities 0.5, 0.25, 0.25, exact in float32
+    exact = torch.tensor(
+        [[math.log(2.0), 0.0, 0.0]]
+    )  # probabilities 0.5, 0.25, 0.25, exact in float32
     assert exact.softmax(-1).tolist() == [[0.5, 0.25, 0.25]]
     assert torch.isfinite(filter_logits(exact, top_p=0.5)).tolist() == [[True, False, False]]
     assert torch.isfinite(filter_logits(exact, top_p=0.75)).tolist() == [[True, True, False]]
@@ -133,8 +143,11 @@ def test_top_p_boundary_and_one_keeps_everything():
 N_DRAWS = 40_000
 
 
-@pytest.mark.parametrize("kw", [CASES[0], CASES[1], CASES[2], CASES[4], CASES[6], CASES[8]],
-                         ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize(
+    "kw",
+    [CASES[0], CASES[1], CASES[2], CASES[4], CASES[6], CASES[8]],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
 def test_generate_samples_from_the_reference_distribution(kw):
     """Kills: temperature ignored (in next_token or not passed on by generate); top-k / top-p not
     passed on; sampling that is not from softmax of the filtered logits (e.g. argmax, or p**2)."""
@@ -153,7 +166,9 @@ def test_temperature_zero_is_argmax_and_low_temperature_approaches_it():
     logits = torch.stack([LOGITS, LOGITS.flip(0), LOGITS.roll(2)])
     assert next_token(logits, 0.0).flatten().tolist() == [0, 5, 2]
     g = torch.Generator().manual_seed(0)
-    assert next_token(logits.repeat(100, 1), 0.01, generator=g).flatten().tolist() == [0, 5, 2] * 100
+    assert (
+        next_token(logits.repeat(100, 1), 0.01, generator=g).flatten().tolist() == [0, 5, 2] * 100
+    )
 
 
 # --- eos ----------------------------------------------------------------------------------------
@@ -177,7 +192,9 @@ def test_eos_rows_finish_at_different_times(use_cache, temperature):
     finishes or never stopping early; eos itself not written before stopping."""
     model = TableLM(chain_table, 10)
     prompt = torch.tensor([[1], [5]])
-    out = generate(model, prompt, 10, temperature=temperature, seed=0, eos_id=EOS, use_cache=use_cache)
+    out = generate(
+        model, prompt, 10, temperature=temperature, seed=0, eos_id=EOS, use_cache=use_cache
+    )
     assert out.tolist() == [[1, 2, 3, EOS, EOS, EOS], [5, 6, 7, 8, 9, EOS]]
     # without eos_id the model runs on for all max_new_tokens, past its eos
     free = generate(model, prompt, 7, temperature=temperature, seed=0, use_cache=use_cache)
@@ -237,10 +254,14 @@ def test_beam_length_penalty_changes_the_winner():
         1.0: ([D, A, EOS], lp["A eos"] / 2),
         2.0: ([D, A, A, A], lp["A A A"] / 9),
     }
-    assert len({tuple(seq) for seq, _ in expected.values()}) == 3  # the penalty flips the winner twice
+    assert (
+        len({tuple(seq) for seq, _ in expected.values()}) == 3
+    )  # the penalty flips the winner twice
     model = TableLM(tree_table, 5)
     for penalty, (seq, score) in expected.items():
-        best, got = beam_search(model, torch.tensor([[D]]), 3, num_beams=3, length_penalty=penalty, eos_id=EOS)
+        best, got = beam_search(
+            model, torch.tensor([[D]]), 3, num_beams=3, length_penalty=penalty, eos_id=EOS
+        )
         assert best.tolist() == [seq], penalty
         assert got == pytest.approx(score, abs=1e-4), penalty
 
@@ -253,7 +274,11 @@ def test_beam_search_without_eos_finds_the_best_sequence_greedy_misses():
 
     def table(hist):
         gen = tuple(hist[1:])
-        probs = {(): [0.02, 0.5, 0.4, 0.04, 0.04], (A,): [0.2] * 5, (B,): [0.025, 0.025, 0.9, 0.025, 0.025]}
+        probs = {
+            (): [0.02, 0.5, 0.4, 0.04, 0.04],
+            (A,): [0.2] * 5,
+            (B,): [0.025, 0.025, 0.9, 0.025, 0.025],
+        }
         return [math.log(p) for p in probs.get(gen, [0.2] * 5)]
 
     model = TableLM(table, 5)

@@ -10,6 +10,7 @@ boundary (accepted at the limit, refused one past it); the time limit runs on a 
 the model advances, and the queue limit on a model that blocks until released, so nothing depends
 on how fast this machine is. Hypothesis runs under the derandomized "ci" profile (tests/conftest.py).
 """
+
 import contextlib
 import json
 import math
@@ -175,8 +176,12 @@ def test_greedy_matches_an_independent_loop(client, reference, name):
     body = r.json()
     want = greedy_text(reference, prompt, n)
     assert body["text"] == want
-    assert body["completion"] == want[len(prompt):]
-    assert (body["prompt_tokens"], body["completion_tokens"], body["total_tokens"]) == (len(prompt), n, len(prompt) + n)
+    assert body["completion"] == want[len(prompt) :]
+    assert (body["prompt_tokens"], body["completion_tokens"], body["total_tokens"]) == (
+        len(prompt),
+        n,
+        len(prompt) + n,
+    )
 
 
 def test_greedy_reference_is_not_trivial(reference):
@@ -192,9 +197,13 @@ def test_sampled_answers_match_lmkit_generate(client, reference, name):
     r = client.post("/generate", json={"prompt": "hello world", "max_new_tokens": 40, **kw})
     assert r.status_code == 200, r.text
     body = r.json()
-    want = greedy_text(reference, "hello world", 40) if name == "greedy" else expected(reference, "hello world", 40, **kw)
+    want = (
+        greedy_text(reference, "hello world", 40)
+        if name == "greedy"
+        else expected(reference, "hello world", 40, **kw)
+    )
     assert body["text"] == want
-    assert body["completion"] == want[len("hello world"):]
+    assert body["completion"] == want[len("hello world") :]
     assert (body["prompt_tokens"], body["completion_tokens"], body["total_tokens"]) == (11, 40, 51)
     assert isinstance(body["elapsed_ms"], float) and body["elapsed_ms"] >= 0
     if "seed" in kw:
@@ -253,8 +262,10 @@ def test_openapi_schema(client):
 
 
 def test_concurrent_requests_are_all_correct(client, reference):
-    jobs = [(p, 30, dict(temperature=0.9, top_k=8, seed=i)) for i, p in enumerate(
-        ["a", "hello", "the cat", "one two", "zzz", "why?", "ok, go", "end."])]
+    jobs = [
+        (p, 30, dict(temperature=0.9, top_k=8, seed=i))
+        for i, p in enumerate(["a", "hello", "the cat", "one two", "zzz", "why?", "ok, go", "end."])
+    ]
     results = [None] * len(jobs)
 
     def worker(i):
@@ -281,26 +292,56 @@ BAD_JSON = {
     "prompt_null": ({"prompt": None}, ["prompt"]),
     "prompt_empty": ({"prompt": ""}, ["prompt", "at least 1 character"]),
     "prompt_too_many_chars": ({"prompt": "a" * 201}, ["prompt", "at most 200 characters"]),
-    "number_as_string": ({"prompt": "hi", "max_new_tokens": "5"}, ["max_new_tokens", "valid integer"]),
+    "number_as_string": (
+        {"prompt": "hi", "max_new_tokens": "5"},
+        ["max_new_tokens", "valid integer"],
+    ),
     "bool_as_number": ({"prompt": "hi", "temperature": True}, ["temperature", "valid number"]),
     "float_as_int": ({"prompt": "hi", "max_new_tokens": 5.0}, ["max_new_tokens", "valid integer"]),
-    "too_many_new_tokens": ({"prompt": "hi", "max_new_tokens": 65}, ["max_new_tokens", "less than or equal to 64"]),
-    "negative_new_tokens": ({"prompt": "hi", "max_new_tokens": -1}, ["max_new_tokens", "greater than or equal to 0"]),
-    "huge_integer": ({"prompt": "hi", "max_new_tokens": 10**40}, ["max_new_tokens", "less than or equal to 64"]),
-    "huge_float": ({"prompt": "hi", "temperature": 1e308}, ["temperature", "less than or equal to 100"]),
-    "negative_temperature": ({"prompt": "hi", "temperature": -0.5}, ["temperature", "greater than or equal to 0"]),
-    "tiny_temperature": ({"prompt": "hi", "temperature": 1e-300}, ["temperature", "0 (greedy) or at least"]),
+    "too_many_new_tokens": (
+        {"prompt": "hi", "max_new_tokens": 65},
+        ["max_new_tokens", "less than or equal to 64"],
+    ),
+    "negative_new_tokens": (
+        {"prompt": "hi", "max_new_tokens": -1},
+        ["max_new_tokens", "greater than or equal to 0"],
+    ),
+    "huge_integer": (
+        {"prompt": "hi", "max_new_tokens": 10**40},
+        ["max_new_tokens", "less than or equal to 64"],
+    ),
+    "huge_float": (
+        {"prompt": "hi", "temperature": 1e308},
+        ["temperature", "less than or equal to 100"],
+    ),
+    "negative_temperature": (
+        {"prompt": "hi", "temperature": -0.5},
+        ["temperature", "greater than or equal to 0"],
+    ),
+    "tiny_temperature": (
+        {"prompt": "hi", "temperature": 1e-300},
+        ["temperature", "0 (greedy) or at least"],
+    ),
     "top_k_zero": ({"prompt": "hi", "top_k": 0}, ["top_k", "greater than or equal to 1"]),
-    "top_k_above_vocab": ({"prompt": "hi", "top_k": 1000}, ["top_k", f"less than or equal to {len(CHARS)}"]),
+    "top_k_above_vocab": (
+        {"prompt": "hi", "top_k": 1000},
+        ["top_k", f"less than or equal to {len(CHARS)}"],
+    ),
     "top_p_zero": ({"prompt": "hi", "top_p": 0}, ["top_p", "greater than or equal to 0.000001"]),
-    "top_p_tiny": ({"prompt": "hi", "top_p": 5e-324}, ["top_p", "greater than or equal to 0.000001"]),
+    "top_p_tiny": (
+        {"prompt": "hi", "top_p": 5e-324},
+        ["top_p", "greater than or equal to 0.000001"],
+    ),
     "top_p_above_one": ({"prompt": "hi", "top_p": 1.5}, ["top_p", "less than or equal to 1"]),
     "negative_seed": ({"prompt": "hi", "seed": -1}, ["seed", "greater than or equal to 0"]),
     "seed_too_big": ({"prompt": "hi", "seed": 2**64}, ["seed", "less than or equal to"]),
     "body_is_list": (["hi"], ["body", "JSON object"]),
     "body_is_string": ("hi", ["body", "JSON object"]),
     "body_is_null": (None, ["body"]),
-    "unknown_characters": ({"prompt": "Héllo wörld 🙂"}, ["outside the vocabulary", "'H'", "'é'", "'ö'", "'🙂'"]),
+    "unknown_characters": (
+        {"prompt": "Héllo wörld 🙂"},
+        ["outside the vocabulary", "'H'", "'é'", "'ö'", "'🙂'"],
+    ),
     "prompt_too_many_tokens": ({"prompt": "ab " * 12}, ["36 tokens", "limit is 32"]),
 }
 
@@ -321,13 +362,43 @@ BAD_BODIES = {
     "not_utf8": (b'{"prompt": "\xff\xfe"}', "application/json", 400, ["UTF-8"]),
     "empty_body": (b"", "application/json", 400, ["empty"]),
     "deep_nesting": (b"[" * 3000 + b"]" * 3000, "application/json", 400, ["nested too deeply"]),
-    "integer_with_5000_digits": (b'{"prompt":"hi","seed":' + b"9" * 5000 + b"}", "application/json", 400, ["4300"]),
-    "nan": (b'{"prompt": "hi", "temperature": NaN}', "application/json", 422, ["temperature", "finite number"]),
-    "infinity": (b'{"prompt": "hi", "top_p": Infinity}', "application/json", 422, ["top_p", "finite number"]),
+    "integer_with_5000_digits": (
+        b'{"prompt":"hi","seed":' + b"9" * 5000 + b"}",
+        "application/json",
+        400,
+        ["4300"],
+    ),
+    "nan": (
+        b'{"prompt": "hi", "temperature": NaN}',
+        "application/json",
+        422,
+        ["temperature", "finite number"],
+    ),
+    "infinity": (
+        b'{"prompt": "hi", "top_p": Infinity}',
+        "application/json",
+        422,
+        ["top_p", "finite number"],
+    ),
     "lone_surrogate": (b'{"prompt": "a\\ud800b"}', "application/json", 422, ["prompt", "unicode"]),
-    "surrogate_key": (b'{"prompt": "hi", "\\udc00": 1}', "application/json", 422, ["body", "unicode"]),
-    "wrong_content_type": (b'{"prompt": "hi"}', "text/plain", 415, ["application/json", "text/plain"]),
-    "form_content_type": (b"prompt=hi", "application/x-www-form-urlencoded", 415, ["application/json"]),
+    "surrogate_key": (
+        b'{"prompt": "hi", "\\udc00": 1}',
+        "application/json",
+        422,
+        ["body", "unicode"],
+    ),
+    "wrong_content_type": (
+        b'{"prompt": "hi"}',
+        "text/plain",
+        415,
+        ["application/json", "text/plain"],
+    ),
+    "form_content_type": (
+        b"prompt=hi",
+        "application/x-www-form-urlencoded",
+        415,
+        ["application/json"],
+    ),
     "no_content_type": (b'{"prompt": "hi"}', None, 415, ["application/json", "none"]),
 }
 
@@ -401,9 +472,14 @@ def test_explicit_max_prompt_tokens(reference):
     with serving(create_app(reference, ServerLimits(max_prompt_tokens=5, max_new_tokens=4))) as c:
         assert c.get("/health").json()["limits"]["max_prompt_tokens"] == 5
         r = c.post("/generate", json={"prompt": "abcde", "max_new_tokens": 2, "temperature": 0})
-        assert r.status_code == 200 and r.json()["text"] == greedy_text(reference, "abcde", 2), r.text
+        assert r.status_code == 200 and r.json()["text"] == greedy_text(reference, "abcde", 2), (
+            r.text
+        )
         r = c.post("/generate", json={"prompt": "abcdef", "max_new_tokens": 2})
-        assert r.status_code == 422 and r.json()["detail"] == "prompt is 6 tokens long; the limit is 5 tokens", r.text
+        assert (
+            r.status_code == 422
+            and r.json()["detail"] == "prompt is 6 tokens long; the limit is 5 tokens"
+        ), r.text
 
 
 def test_prompt_chars_limit_is_inclusive(reference):
@@ -416,7 +492,10 @@ def test_prompt_chars_limit_is_inclusive(reference):
         assert r.status_code == 200 and r.json()["prompt_tokens"] == 10, r.text
         r = c.post("/generate", json={"prompt": "a" * 11, "max_new_tokens": 1})
         assert r.status_code == 422, r.text
-        assert r.json()["detail"] == "invalid request: prompt: String should have at most 10 characters"
+        assert (
+            r.json()["detail"]
+            == "invalid request: prompt: String should have at most 10 characters"
+        )
 
 
 def test_max_new_tokens_limit_is_inclusive(client, reference):
@@ -426,10 +505,15 @@ def test_max_new_tokens_limit_is_inclusive(client, reference):
     """
     r = client.post("/generate", json={"prompt": "ab", "max_new_tokens": 64, "temperature": 0})
     assert r.status_code == 200, r.text
-    assert r.json()["completion_tokens"] == 64 and r.json()["text"] == greedy_text(reference, "ab", 64)
+    assert r.json()["completion_tokens"] == 64 and r.json()["text"] == greedy_text(
+        reference, "ab", 64
+    )
     r = client.post("/generate", json={"prompt": "ab", "max_new_tokens": 65})
     assert r.status_code == 422, r.text
-    assert r.json()["detail"] == "invalid request: max_new_tokens: Input should be less than or equal to 64"
+    assert (
+        r.json()["detail"]
+        == "invalid request: max_new_tokens: Input should be less than or equal to 64"
+    )
 
 
 def test_default_max_new_tokens_respects_a_small_limit(reference):
@@ -459,7 +543,10 @@ def test_body_limit_declared_is_inclusive(client):
     assert r.status_code == 200, r.text
     r = post_raw(client, padded_body(8193))
     assert r.status_code == 413, r.text
-    assert r.json()["detail"] == "request body is larger than the limit of 8192 bytes (Content-Length: 8193)"
+    assert (
+        r.json()["detail"]
+        == "request body is larger than the limit of 8192 bytes (Content-Length: 8193)"
+    )
 
 
 def test_body_limit_streamed_is_inclusive(client):
@@ -467,9 +554,10 @@ def test_body_limit_streamed_is_inclusive(client):
 
     Kills: ``size >= limit`` (for ``>``) and the streaming check removed (8193 valid bytes would be served).
     """
+
     def chunked(body):
         for i in range(0, len(body), 1000):
-            yield body[i:i + 1000]
+            yield body[i : i + 1000]
 
     headers = {"content-type": "application/json"}
     r = client.post("/generate", content=chunked(padded_body(8192)), headers=headers)
@@ -482,13 +570,37 @@ def test_body_limit_streamed_is_inclusive(client):
 NEXT_BELOW_MIN_TEMPERATURE = math.nextafter(serve_module.MIN_TEMPERATURE, 0)
 FIELD_BOUNDARIES = {  # field: (accepted at the boundary, refused just past it, words of the 422)
     "prompt_min_length": ({"prompt": "a"}, {"prompt": ""}, "at least 1 character"),
-    "max_new_tokens_min": ({"max_new_tokens": 0}, {"max_new_tokens": -1}, "greater than or equal to 0"),
-    "temperature_zero": ({"temperature": 0.0}, {"temperature": -5e-324}, "greater than or equal to 0"),
-    "temperature_min": ({"temperature": 1e-3}, {"temperature": NEXT_BELOW_MIN_TEMPERATURE}, "0 (greedy) or at least 0.001"),
-    "temperature_max": ({"temperature": 100.0}, {"temperature": math.nextafter(100.0, math.inf)}, "less than or equal to 100"),
+    "max_new_tokens_min": (
+        {"max_new_tokens": 0},
+        {"max_new_tokens": -1},
+        "greater than or equal to 0",
+    ),
+    "temperature_zero": (
+        {"temperature": 0.0},
+        {"temperature": -5e-324},
+        "greater than or equal to 0",
+    ),
+    "temperature_min": (
+        {"temperature": 1e-3},
+        {"temperature": NEXT_BELOW_MIN_TEMPERATURE},
+        "0 (greedy) or at least 0.001",
+    ),
+    "temperature_max": (
+        {"temperature": 100.0},
+        {"temperature": math.nextafter(100.0, math.inf)},
+        "less than or equal to 100",
+    ),
     "top_k_min": ({"top_k": 1}, {"top_k": 0}, "greater than or equal to 1"),
-    "top_k_max": ({"top_k": len(CHARS)}, {"top_k": len(CHARS) + 1}, f"less than or equal to {len(CHARS)}"),
-    "top_p_min": ({"top_p": 1e-6}, {"top_p": math.nextafter(1e-6, 0)}, "greater than or equal to 0.000001"),
+    "top_k_max": (
+        {"top_k": len(CHARS)},
+        {"top_k": len(CHARS) + 1},
+        f"less than or equal to {len(CHARS)}",
+    ),
+    "top_p_min": (
+        {"top_p": 1e-6},
+        {"top_p": math.nextafter(1e-6, 0)},
+        "greater than or equal to 0.000001",
+    ),
     "top_p_max": ({"top_p": 1.0}, {"top_p": math.nextafter(1.0, 2)}, "less than or equal to 1"),
     "seed_min": ({"seed": 0}, {"seed": -1}, "greater than or equal to 0"),
     "seed_max": ({"seed": 2**63 - 1}, {"seed": 2**63}, "less than or equal to 9223372036854775807"),
@@ -513,7 +625,9 @@ def test_field_limits_are_inclusive(client, name):
     assert detail.startswith(f"invalid request: {field}: ") and words in detail, detail
 
 
-@pytest.mark.parametrize("name", ["max_prompt_chars", "max_new_tokens", "max_body_bytes", "max_queue"])
+@pytest.mark.parametrize(
+    "name", ["max_prompt_chars", "max_new_tokens", "max_body_bytes", "max_queue"]
+)
 def test_server_limits_accept_one_refuse_zero(name):
     """ServerLimits: 1 is the smallest legal value of every integer limit, 0 is refused.
 
@@ -542,7 +656,9 @@ class ModelClock:
     def __init__(self, model, step: float):
         self.now, self.step, self.calls = 0.0, step, 0
         self.handle = model.lm_head.register_forward_pre_hook(self._tick)
-        self.time = types.SimpleNamespace(monotonic=lambda: self.now, perf_counter=time.perf_counter, sleep=time.sleep)
+        self.time = types.SimpleNamespace(
+            monotonic=lambda: self.now, perf_counter=time.perf_counter, sleep=time.sleep
+        )
 
     def _tick(self, module, args):
         self.calls += 1
@@ -558,7 +674,9 @@ def clocked(checkpoint, monkeypatch):
     model, tok, _ = load_model(checkpoint)
     with serving(create_app((model, tok), ServerLimits(max_new_tokens=20, timeout_s=10.0))) as c:
         clock = ModelClock(model, 2.5)
-        monkeypatch.setattr(serve_module, "time", clock.time)  # lmkit.serve only, after the server started
+        monkeypatch.setattr(
+            serve_module, "time", clock.time
+        )  # lmkit.serve only, after the server started
         try:
             yield c, clock
         finally:
@@ -577,7 +695,8 @@ def test_time_limit_stops_generation_at_the_deadline(clocked, reference):
     assert r.status_code == 503, r.text
     assert r.json()["detail"] == (
         "time limit of 10 s reached after 5 of 20 new tokens; generation stopped. "
-        "Ask for fewer tokens or retry when the server is less busy")
+        "Ask for fewer tokens or retry when the server is less busy"
+    )
     assert r.headers.get("retry-after") == "1"
     assert clock.calls == 5  # generation really stopped: no model call after the deadline
     # The worker is free again and a request within the limit (4 calls: clock 10.0) is served.
@@ -633,11 +752,15 @@ def test_queue_limit_is_inclusive(checkpoint, reference):
     """
     model, tok, _ = load_model(checkpoint)
     gate = Gate(model)
-    with serving(create_app((model, tok), ServerLimits(max_new_tokens=8, max_queue=2)), timeout=120) as c:
+    with serving(
+        create_app((model, tok), ServerLimits(max_new_tokens=8, max_queue=2)), timeout=120
+    ) as c:
         results = {}
 
         def post(key, prompt):
-            results[key] = c.post("/generate", json={"prompt": prompt, "max_new_tokens": 3, "temperature": 0})
+            results[key] = c.post(
+                "/generate", json={"prompt": prompt, "max_new_tokens": 3, "temperature": 0}
+            )
 
         workers = [threading.Thread(target=post, args=("first", "abc"))]
         try:
@@ -645,8 +768,13 @@ def test_queue_limit_is_inclusive(checkpoint, reference):
             assert gate.entered.wait(60), "the first request never reached the model"
             workers.append(threading.Thread(target=post, args=("second", "xyz")))
             workers[1].start()
-            wait_for(lambda: c.get("/health").json()["queue"] == 2 or "second" in results, "the second request")
-            assert "second" not in results, results["second"].text  # accepted: it waits for the worker
+            wait_for(
+                lambda: c.get("/health").json()["queue"] == 2 or "second" in results,
+                "the second request",
+            )
+            assert "second" not in results, results[
+                "second"
+            ].text  # accepted: it waits for the worker
             r = c.post("/generate", json={"prompt": "no", "max_new_tokens": 1}, timeout=20)
             assert r.status_code == 503, r.text
             assert r.json()["detail"] == "server busy: 2 requests queued (limit 2); retry later"
@@ -676,7 +804,9 @@ def test_deadline_model_stops_generate(reference, monkeypatch):
         deadline_check(0.0)(produced)  # at the deadline, never past it: exactly generate()
 
     a = generate(model, torch.tensor([tok.encode("ab")]), 10, seed=1, before_step=counting)
-    assert torch.equal(a, generate(model, torch.tensor([tok.encode("ab")]), 10, seed=1)) and calls == list(range(10))
+    assert torch.equal(
+        a, generate(model, torch.tensor([tok.encode("ab")]), 10, seed=1)
+    ) and calls == list(range(10))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -689,12 +819,14 @@ def test_fuzz_openapi_with_schemathesis(url, client, reference):
 
     schema = schemathesis.openapi.from_url(url + "/openapi.json")
     op = schema["/generate"]["POST"]
-    strategy = op.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE) | op.as_strategy(
-        generation_mode=schemathesis.GenerationMode.NEGATIVE
-    )
+    strategy = op.as_strategy(
+        generation_mode=schemathesis.GenerationMode.POSITIVE
+    ) | op.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE)
     statuses = []
 
-    @settings(max_examples=100, suppress_health_check=list(HealthCheck))  # + the "ci" profile: derandomized
+    @settings(
+        max_examples=100, suppress_health_check=list(HealthCheck)
+    )  # + the "ci" profile: derandomized
     @given(case=strategy)
     def run(case):
         response = case.call(base_url=url, timeout=30)
@@ -712,19 +844,44 @@ def test_fuzz_arbitrary_json_and_bytes(client, reference):
     from hypothesis import strategies as st
 
     scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
-    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=10)
-    fields = st.sampled_from(["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "extra"])
-    small_valid = {"prompt": st.text(alphabet=CHARS, min_size=1, max_size=20), "max_new_tokens": st.integers(0, 8)}
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=10,
+    )
+    fields = st.sampled_from(
+        ["prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "extra"]
+    )
+    small_valid = {
+        "prompt": st.text(alphabet=CHARS, min_size=1, max_size=20),
+        "max_new_tokens": st.integers(0, 8),
+    }
     bodies = (
-        st.dictionaries(fields, values, max_size=6).map(lambda d: json.dumps(d, allow_nan=True).encode())
-        | st.fixed_dictionaries(small_valid, optional={"temperature": values, "top_k": values, "top_p": values, "seed": values})
-        .map(lambda d: json.dumps(d, allow_nan=True).encode())
+        st.dictionaries(fields, values, max_size=6).map(
+            lambda d: json.dumps(d, allow_nan=True).encode()
+        )
+        | st.fixed_dictionaries(
+            small_valid,
+            optional={"temperature": values, "top_k": values, "top_p": values, "seed": values},
+        ).map(lambda d: json.dumps(d, allow_nan=True).encode())
         | values.map(lambda v: json.dumps(v, allow_nan=True).encode())
         | st.binary(max_size=200)
     )
-    ctypes = st.sampled_from(["application/json", "application/json; charset=utf-8", "application/problem+json", "text/plain", None])
+    ctypes = st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/problem+json",
+            "text/plain",
+            None,
+        ]
+    )
 
-    @settings(max_examples=150, suppress_health_check=list(HealthCheck))  # + the "ci" profile: derandomized
+    @settings(
+        max_examples=150, suppress_health_check=list(HealthCheck)
+    )  # + the "ci" profile: derandomized
     @given(body=bodies, ctype=ctypes)
     def run(body, ctype):
         r = post_raw(client, body, ctype)
@@ -733,7 +890,9 @@ def test_fuzz_arbitrary_json_and_bytes(client, reference):
 
     run()
     r = client.post("/generate", json={"prompt": "still here", "max_new_tokens": 12, "seed": 8})
-    assert r.status_code == 200 and r.json()["text"] == expected(reference, "still here", 12, seed=8)
+    assert r.status_code == 200 and r.json()["text"] == expected(
+        reference, "still here", 12, seed=8
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -743,7 +902,11 @@ def test_fuzz_arbitrary_json_and_bytes(client, reference):
 def test_create_app_from_model_and_tokenizer(reference):
     model, tok = reference
     with BackgroundServer(create_app((model, tok), ServerLimits(max_new_tokens=8))) as base:
-        r = httpx.post(base + "/generate", json={"prompt": "ab", "max_new_tokens": 8, "temperature": 0}, timeout=30)
+        r = httpx.post(
+            base + "/generate",
+            json={"prompt": "ab", "max_new_tokens": 8, "temperature": 0},
+            timeout=30,
+        )
         assert r.status_code == 200 and r.json()["text"] == greedy_text(reference, "ab", 8)
 
 
@@ -765,10 +928,13 @@ def test_cli_flags_and_errors(tmp_path, capsys):
     import argparse
 
     args = add_serve_arguments(argparse.ArgumentParser()).parse_args(
-        ["--checkpoint", "x", "--port", "9001", "--max-new-tokens", "7", "--timeout", "2.5"])
+        ["--checkpoint", "x", "--port", "9001", "--max-new-tokens", "7", "--timeout", "2.5"]
+    )
     assert (args.checkpoint, args.host, args.port) == ("x", "127.0.0.1", 9001)
     limits = limits_from_args(args)
-    assert limits.max_new_tokens == 7 and limits.timeout_s == 2.5 and limits.max_prompt_tokens is None
+    assert (
+        limits.max_new_tokens == 7 and limits.timeout_s == 2.5 and limits.max_prompt_tokens is None
+    )
     with pytest.raises(SystemExit, match="model.safetensors"):
         main(["--checkpoint", str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="max_new_tokens"):
@@ -779,8 +945,10 @@ def read_listening_line(proc, limit_s=120):
     """The port from ``lmkit serve: listening on http://127.0.0.1:PORT``, read from the child's
     output by a thread (the limit turns a hang into a failure; it measures nothing)."""
     lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in iter(proc.stdout.readline, "")] + [lines.put("")],
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: [lines.put(x) for x in iter(proc.stdout.readline, "")] + [lines.put("")],
+        daemon=True,
+    ).start()
     seen = []
     while True:
         try:
@@ -800,10 +968,24 @@ def test_cli_serves_in_a_subprocess(checkpoint, reference):
     + run_server). The child runs in the checkout the tests belong to, so it imports the same lmkit
     as this process (under mutmut: the mutated copy in mutants/, with its configuration)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lmkit", "serve", "--checkpoint", str(checkpoint), "--port", "0",
-         "--threads", "1", "--log-level", "warning"],
-        cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "lmkit",
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         port = read_listening_line(proc)
@@ -811,10 +993,20 @@ def test_cli_serves_in_a_subprocess(checkpoint, reference):
         base = f"http://127.0.0.1:{port}"
         # The socket is listening already: this request waits in the backlog until the app is up.
         assert httpx.get(base + "/health", timeout=120).json()["status"] == "ok"
-        r = httpx.post(base + "/generate", json={"prompt": "cli", "max_new_tokens": 10, "temperature": 0}, timeout=60)
-        assert r.status_code == 200 and r.json()["text"] == greedy_text(reference, "cli", 10), r.text
-        r = httpx.post(base + "/generate", json={"prompt": "cli", "max_new_tokens": 10, "seed": 11}, timeout=60)
-        assert r.status_code == 200 and r.json()["text"] == expected(reference, "cli", 10, seed=11), r.text
+        r = httpx.post(
+            base + "/generate",
+            json={"prompt": "cli", "max_new_tokens": 10, "temperature": 0},
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.json()["text"] == greedy_text(reference, "cli", 10), (
+            r.text
+        )
+        r = httpx.post(
+            base + "/generate", json={"prompt": "cli", "max_new_tokens": 10, "seed": 11}, timeout=60
+        )
+        assert r.status_code == 200 and r.json()["text"] == expected(
+            reference, "cli", 10, seed=11
+        ), r.text
     finally:
         proc.terminate()
         try:

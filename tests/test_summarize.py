@@ -1,4 +1,5 @@
 """lmkit.apps.summarize: sentence splitting, lead/centroid/TextRank selection, ROUGE from scratch vs rouge-score."""
+
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,16 @@ DATA = Path(__file__).resolve().parents[1] / "book" / "data" / "summaries"
 
 
 def test_split_sentences():
-    s = summarize.split_sentences("It rained. The match went on!  Was it fun? Yes, e.g. 3.5 goals were scored. 42 fans came.")
-    assert s == ["It rained.", "The match went on!", "Was it fun?", "Yes, e.g. 3.5 goals were scored.", "42 fans came."]
+    s = summarize.split_sentences(
+        "It rained. The match went on!  Was it fun? Yes, e.g. 3.5 goals were scored. 42 fans came."
+    )
+    assert s == [
+        "It rained.",
+        "The match went on!",
+        "Was it fun?",
+        "Yes, e.g. 3.5 goals were scored.",
+        "42 fans came.",
+    ]
 
 
 def test_lead_and_select_top():

@@ -3,13 +3,25 @@ import pytest
 from lmkit.data.tasks import chinese_number, english_number, number_pairs, number_translation_splits
 
 
-@pytest.mark.parametrize("n,en,zh", [
-    (1, "one", "一"), (10, "ten", "十"), (12, "twelve", "十二"), (20, "twenty", "二十"), (42, "forty-two", "四十二"),
-    (100, "one hundred", "一百"), (105, "one hundred and five", "一百零五"), (110, "one hundred and ten", "一百一十"),
-    (312, "three hundred and twelve", "三百一十二"), (1005, "one thousand and five", "一千零五"),
-    (1050, "one thousand and fifty", "一千零五十"), (1200, "one thousand two hundred", "一千二百"),
-    (9999, "nine thousand nine hundred and ninety-nine", "九千九百九十九"), (0, "zero", "零"),
-])
+@pytest.mark.parametrize(
+    "n,en,zh",
+    [
+        (1, "one", "一"),
+        (10, "ten", "十"),
+        (12, "twelve", "十二"),
+        (20, "twenty", "二十"),
+        (42, "forty-two", "四十二"),
+        (100, "one hundred", "一百"),
+        (105, "one hundred and five", "一百零五"),
+        (110, "one hundred and ten", "一百一十"),
+        (312, "three hundred and twelve", "三百一十二"),
+        (1005, "one thousand and five", "一千零五"),
+        (1050, "one thousand and fifty", "一千零五十"),
+        (1200, "one thousand two hundred", "一千二百"),
+        (9999, "nine thousand nine hundred and ninety-nine", "九千九百九十九"),
+        (0, "zero", "零"),
+    ],
+)
 def test_number_words(n, en, zh):
     assert english_number(n) == en
     assert chinese_number(n) == zh

@@ -1,4 +1,5 @@
 """Trainer: schedule, config errors, learning, exact resume after SIGKILL, atomic checkpoints."""
+
 import json
 import os
 import signal
@@ -27,8 +28,12 @@ def test_lr_schedule_warmup_then_cosine():
 
 @pytest.mark.parametrize(
     "kw, message",
-    [(dict(dtype="float8"), "dtype"), (dict(dtype="float16", device="cpu"), "CUDA"), (dict(max_steps=0), "max_steps"),
-     (dict(lr=1e-3, min_lr=1e-2), "min_lr")],
+    [
+        (dict(dtype="float8"), "dtype"),
+        (dict(dtype="float16", device="cpu"), "CUDA"),
+        (dict(max_steps=0), "max_steps"),
+        (dict(lr=1e-3, min_lr=1e-2), "min_lr"),
+    ],
 )
 def test_train_config_errors(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -55,7 +60,15 @@ def test_training_reduces_loss_and_returns_history(tmp_path):
     ids = _data()
     model = _model()
     before = evaluate_loss(model, ids[:1000], 16)
-    cfg = TrainConfig(max_steps=60, batch_size=8, warmup_steps=5, eval_interval=30, eval_batches=4, out_dir=str(tmp_path), progress=False)
+    cfg = TrainConfig(
+        max_steps=60,
+        batch_size=8,
+        warmup_steps=5,
+        eval_interval=30,
+        eval_batches=4,
+        out_dir=str(tmp_path),
+        progress=False,
+    )
     hist = train(model, ids, ids[:1000], cfg)
     after = evaluate_loss(model, ids[:1000], 16)
     assert after < before - 0.5
@@ -67,7 +80,12 @@ def test_training_reduces_loss_and_returns_history(tmp_path):
 @pytest.mark.parametrize("dtype", ["bfloat16"])
 def test_mixed_precision_and_accumulation_run_on_cpu(dtype):
     model = _model()
-    hist = train(model, _data(), None, TrainConfig(max_steps=3, batch_size=4, grad_accum=2, dtype=dtype, progress=False))
+    hist = train(
+        model,
+        _data(),
+        None,
+        TrainConfig(max_steps=3, batch_size=4, grad_accum=2, dtype=dtype, progress=False),
+    )
     assert len(hist["train_loss"]) == 3 and all(l == l for l in hist["train_loss"])
 
 
@@ -77,12 +95,19 @@ def test_accumulation_matches_big_batch():
 
     ids = _data()
     a, b = _model(), _model()
-    cfg = TrainConfig(max_steps=1, batch_size=4, grad_accum=2, warmup_steps=1, grad_clip=0, progress=False)
+    cfg = TrainConfig(
+        max_steps=1, batch_size=4, grad_accum=2, warmup_steps=1, grad_clip=0, progress=False
+    )
     train(a, ids, None, cfg)
     # replay the same two micro-batches as one batch
     from lmkit.data.loaders import random_batch
 
-    xs, ys = zip(*(random_batch(ids, 16, 4, torch.Generator().manual_seed(cfg.seed * 1_000_003 + m)) for m in range(2)))
+    xs, ys = zip(
+        *(
+            random_batch(ids, 16, 4, torch.Generator().manual_seed(cfg.seed * 1_000_003 + m))
+            for m in range(2)
+        )
+    )
     opt = make_optimizer(b, cfg)
     for g in opt.param_groups:
         g["lr"] = lr_at(0, cfg)
@@ -94,8 +119,28 @@ def test_accumulation_matches_big_batch():
 
 
 def _cli_train(out, steps, extra=()):
-    cmd = [sys.executable, "-m", "lmkit", "train", "--preset", "tiny", "--max-steps", str(steps), "--out", str(out),
-           "--ckpt-interval", "10", "--eval-interval", "0", "--no-progress", "--block-size", "32", "--n-embd", "32", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmkit",
+        "train",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--ckpt-interval",
+        "10",
+        "--eval-interval",
+        "0",
+        "--no-progress",
+        "--block-size",
+        "32",
+        "--n-embd",
+        "32",
+        *extra,
+    ]
     return cmd
 
 
@@ -107,9 +152,13 @@ def test_exact_resume_after_sigkill(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     extra = ("--dropout", "0.1")
-    subprocess.run(_cli_train(straight, 40, extra), check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        _cli_train(straight, 40, extra), check=True, env=env, capture_output=True, timeout=300
+    )
     # run towards 40 steps but kill the process once a checkpoint at step >= 20 exists
-    proc = subprocess.Popen(_cli_train(killed, 40, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli_train(killed, 40, extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpt = killed / "ckpt.safetensors"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -131,10 +180,14 @@ def test_exact_resume_after_sigkill(tmp_path):
     from lmkit.checkpoint import load_tensors
 
     # the kill was mid-run (not after the last checkpoint), so the resume below really resumes
-    assert 0 < load_tensors(ckpt)[1]["step"] < 40, "killed before the first or after the last checkpoint"
+    assert 0 < load_tensors(ckpt)[1]["step"] < 40, (
+        "killed before the first or after the last checkpoint"
+    )
     # a SIGKILL that lands inside an atomic write leaves that write's temporary file (nothing can remove it)
     left_by_kill = {p.name for p in killed.iterdir() if p.name.endswith(".tmp")}
-    subprocess.run(_cli_train(killed, 40, extra), check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(
+        _cli_train(killed, 40, extra), check=True, env=env, capture_output=True, timeout=300
+    )
     a = load_file(straight / "model.safetensors")
     b = load_file(killed / "model.safetensors")
     assert a.keys() == b.keys()

@@ -6,6 +6,7 @@ The gradient the optimizer actually uses is observed with a global optimizer ste
 tests do not depend on AdamW's near-invariance to the scale of the gradient (which hides many bugs
 in the final weights).
 """
+
 import copy
 import math
 import os
@@ -42,7 +43,11 @@ def _ids(n=2000, seed=0):
 
 def _model(seed=0, dropout=0.0):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16, dropout=dropout))
+    return GPT(
+        GPTConfig(
+            vocab_size=VOCAB, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16, dropout=dropout
+        )
+    )
 
 
 def _cfg(**kw):
@@ -86,8 +91,10 @@ class _Spy:
 def _reference_adamw(model, cfg):
     """AdamW with lmkit's documented grouping (decay on matrices only), built independently."""
     params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
@@ -119,7 +126,9 @@ def _plant(path, marker, fmt):
 
 
 def _unsafe_load(path, fmt):
-    with open(path, "rb") as f:  # a file object: torch.load(<str ending .safetensors>) would defer to safetensors
+    with open(
+        path, "rb"
+    ) as f:  # a file object: torch.load(<str ending .safetensors>) would defer to safetensors
         return torch.load(f, weights_only=False) if fmt == "torch.save" else pickle.load(f)
 
 
@@ -137,9 +146,15 @@ def _resume_training(d):
 
 
 @pytest.mark.parametrize("fmt", ["torch.save", "pickle"])
-@pytest.mark.parametrize("filename, load", [("model.safetensors", _load_model), ("ckpt.safetensors", _load_train_state),
-                                            ("ckpt.safetensors", _resume_training)],
-                         ids=["load_model", "load_train_state", "train_resume"])
+@pytest.mark.parametrize(
+    "filename, load",
+    [
+        ("model.safetensors", _load_model),
+        ("ckpt.safetensors", _load_train_state),
+        ("ckpt.safetensors", _resume_training),
+    ],
+    ids=["load_model", "load_train_state", "train_resume"],
+)
 def test_planted_pickle_is_rejected_without_running_it(tmp_path, filename, load, fmt):
     """Kills: load_tensors falling back to torch.load(file, weights_only=False) or pickle.load (marker file created)."""
     # the payload is live: an unsafe load does run it
@@ -161,7 +176,11 @@ def test_planted_pickle_is_rejected_without_running_it(tmp_path, filename, load,
 
 # --- 2. exact resume restores the dropout RNG ------------------------------------------------------
 
-KILL_STEPS, KILL_CKPT, KILL_AT = 10, 4, 6  # checkpoint every 4 steps, die at the start of step 6 (0-based)
+KILL_STEPS, KILL_CKPT, KILL_AT = (
+    10,
+    4,
+    6,
+)  # checkpoint every 4 steps, die at the start of step 6 (0-based)
 
 
 def _dropout_cfg(out_dir):
@@ -185,17 +204,23 @@ def _die_mid_run(out_dir):
 def test_resume_restores_dropout_rng_after_sigkill(tmp_path):
     """Kills: load_train_state not restoring the RNG state (final weights differ from the uninterrupted run)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the killed part runs single-threaded: match it for bit-identical matmuls
+    torch.set_num_threads(
+        1
+    )  # the killed part runs single-threaded: match it for bit-identical matmuls
     try:
         straight = tmp_path / "straight"
         m_straight = _model(dropout=0.2)
         train(m_straight, _ids(), None, _dropout_cfg(straight))
 
         killed = tmp_path / "killed"
-        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                f"import test_train_behaviour as t; t._die_mid_run({str(killed)!r})")
+        code = (
+            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import test_train_behaviour as t; t._die_mid_run({str(killed)!r})"
+        )
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, timeout=120
+        )
         assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
         # the kill really was mid-run: the checkpoint on disk is from step 4 of 10 (steps 4, 5 are lost)
         step_on_disk = load_tensors(killed / "ckpt.safetensors")[1]["step"]
@@ -254,7 +279,10 @@ def test_grad_clip_is_clip_grad_norm(monkeypatch):
         # and of each scaled element (eps / 2)
         expected = clip * raw / (raw + 1e-6)
         n_params = sum(p.numel() for p in ref.parameters())
-        assert abs(_norm(spy.grads[step]) - expected) <= (math.log2(n_params) / 2 + 3) * EPS32 * expected
+        assert (
+            abs(_norm(spy.grads[step]) - expected)
+            <= (math.log2(n_params) / 2 + 3) * EPS32 * expected
+        )
         opt.step()
         opt.zero_grad(set_to_none=True)
     _assert_equal_weights(_weights(model), _weights(ref))
@@ -288,7 +316,9 @@ def test_accumulation_equals_one_big_batch(monkeypatch):
     # the stepped gradient and the big batch's: the same n per-token contributions summed in a different
     # order (and in k partial sums): |error| <= n * eps32 * |sum|, per tensor in the Euclidean norm
     for mine, theirs in zip(spy.grads[0], g_big):
-        assert torch.linalg.vector_norm(mine - theirs) <= n * EPS32 * torch.linalg.vector_norm(theirs)
+        assert torch.linalg.vector_norm(mine - theirs) <= n * EPS32 * torch.linalg.vector_norm(
+            theirs
+        )
     # the recorded loss is the big batch's mean over the same n per-token losses, to the same bound
     assert abs(hist["train_loss"][0] - loss.item()) <= n * EPS32 * loss.item()
     # and that gradient is what the step used: AdamW on it reproduces the trainer's weights exactly
@@ -305,8 +335,10 @@ def test_accumulation_equals_one_big_batch(monkeypatch):
     spy1 = _Spy(monkeypatch, single)
     train(single, ids, None, _cfg(batch_size=b, grad_accum=1, grad_clip=0))
     spy1.close()
-    assert any(torch.linalg.vector_norm(a - c) > n * EPS32 * torch.linalg.vector_norm(c)
-               for a, c in zip(spy1.grads[0], g_big))
+    assert any(
+        torch.linalg.vector_norm(a - c) > n * EPS32 * torch.linalg.vector_norm(c)
+        for a, c in zip(spy1.grads[0], g_big)
+    )
 
 
 def test_accumulation_draws_fresh_micro_batches(monkeypatch):
@@ -349,11 +381,13 @@ def test_scaler_in_fp32_changes_nothing(monkeypatch):
     spy.close()
 
     scaled = _model()
-    made = _cpu_scaler(monkeypatch, 2.0 ** 16, force_enabled=True)
+    made = _cpu_scaler(monkeypatch, 2.0**16, force_enabled=True)
     spy2 = _Spy(monkeypatch, scaled)
     hist_scaled = train(scaled, ids, None, cfg)
     spy2.close()
-    assert len(made) == 1 and made[0].is_enabled() and made[0].get_scale() == 2.0 ** 16  # used, no overflow
+    assert (
+        len(made) == 1 and made[0].is_enabled() and made[0].get_scale() == 2.0**16
+    )  # used, no overflow
     # scaling by a power of two and unscaling is exact in float32: everything is bit-identical
     assert hist_scaled["train_loss"] == hist_plain["train_loss"]
     assert len(spy2.grads) == len(spy.grads) == 2
@@ -367,8 +401,10 @@ def test_scaler_in_fp32_changes_nothing(monkeypatch):
 def test_fp16_overflow_skips_the_step_and_backs_off(monkeypatch, grad_clip):
     """Kills: opt.step() instead of scaler.step(opt) (weights change/NaN); scaler.update() removed (scale not halved)."""
     cfg = _cfg(grad_clip=grad_clip)
-    cfg.dtype = "float16"  # TrainConfig refuses fp16 on CPU only because the trainer's scaler is CUDA's
-    made = _cpu_scaler(monkeypatch, 2.0 ** 24, force_enabled=False)
+    cfg.dtype = (
+        "float16"  # TrainConfig refuses fp16 on CPU only because the trainer's scaler is CUDA's
+    )
+    made = _cpu_scaler(monkeypatch, 2.0**24, force_enabled=False)
     model = _model()
     before = _weights(model)
     spy = _Spy(monkeypatch, model)
@@ -378,19 +414,23 @@ def test_fp16_overflow_skips_the_step_and_backs_off(monkeypatch, grad_clip):
     # 2**24 / (4 * 16 tokens) = 2**18 > 65504: the fp16 activation gradients overflow
     assert spy.grads == []  # the optimizer never stepped
     _assert_equal_weights(_weights(model), before)
-    assert made[0].get_scale() == 2.0 ** 23  # backoff factor 0.5
+    assert made[0].get_scale() == 2.0**23  # backoff factor 0.5
     assert len(hist["train_loss"]) == 1 and torch.isfinite(torch.tensor(hist["train_loss"][0]))
 
 
 # --- found unchecked by mutmut (scripts/mutate.sh; docs/mutation.md) ------------------------------
 
-@pytest.mark.parametrize("env, want", [
-    ({}, (0, 1, 0)),
-    ({"RANK": "3", "WORLD_SIZE": "4"}, (3, 4, 0)),
-    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1)),
-    ({"RANK": "3"}, (0, 1, 0)),
-    ({"WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (0, 1, 0)),
-])
+
+@pytest.mark.parametrize(
+    "env, want",
+    [
+        ({}, (0, 1, 0)),
+        ({"RANK": "3", "WORLD_SIZE": "4"}, (3, 4, 0)),
+        ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (3, 4, 1)),
+        ({"RANK": "3"}, (0, 1, 0)),
+        ({"WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (0, 1, 0)),
+    ],
+)
 def test_ddp_info_reads_torchrun_environment(monkeypatch, env, want):
     """Kills: rank/world/local rank read from the wrong variable, a default other than 0, and
     ``and`` weakened to ``or`` (half a torchrun environment taken for DDP). Only torchrun workers

@@ -1,4 +1,5 @@
 """Unit tests of lmkit.tuning (chapter 14): fast, offline, seeded."""
+
 import math
 
 import numpy as np
@@ -80,11 +81,32 @@ def test_schedule_lrs_matches_formulas():
 
 
 def test_train_run_returns_finite_loss(ids):
-    out = tuning.train_run(ids[:3000], ids[3000:], V, lr=1e-2, steps=20, batch_size=8, block_size=8, n_layer=1,
-                           n_embd=16, eval_batches=2)
+    out = tuning.train_run(
+        ids[:3000],
+        ids[3000:],
+        V,
+        lr=1e-2,
+        steps=20,
+        batch_size=8,
+        block_size=8,
+        n_layer=1,
+        n_embd=16,
+        eval_batches=2,
+    )
     assert math.isfinite(out["val_loss"]) and len(out["train_loss"]) == 20 and out["params"] > 0
-    bad = tuning.train_run(ids[:3000], ids[3000:], V, lr=1e6, steps=20, batch_size=8, block_size=8, n_layer=1,
-                           n_embd=16, schedule="constant", eval_batches=2)
+    bad = tuning.train_run(
+        ids[:3000],
+        ids[3000:],
+        V,
+        lr=1e6,
+        steps=20,
+        batch_size=8,
+        block_size=8,
+        n_layer=1,
+        n_embd=16,
+        schedule="constant",
+        eval_batches=2,
+    )
     assert bad["val_loss"] > out["val_loss"]
 
 
@@ -112,7 +134,9 @@ def test_random_search_sorted_and_seeded():
 
 def test_optuna_search_finds_minimum():
     space = {"x": tuning.Param(-2, 2), "lr": tuning.Param(1e-4, 1, log=True)}
-    study = tuning.optuna_search(lambda x, lr: (x - 0.5) ** 2 + (math.log10(lr) + 2) ** 2, space, 30, seed=0)
+    study = tuning.optuna_search(
+        lambda x, lr: (x - 0.5) ** 2 + (math.log10(lr) + 2) ** 2, space, 30, seed=0
+    )
     assert len(study.trials) == 30
     assert study.best_value < 0.3
 
@@ -131,8 +155,17 @@ def test_power_law_fit_recovers_parameters():
 
 
 def test_scaling_study_and_frontier(ids):
-    recs = tuning.scaling_study([(1, 16), (1, 32)], ids[:3000], ids[3000:], V, steps=10, batch_size=4,
-                                block_size=8, eval_every=5, eval_batches=2)
+    recs = tuning.scaling_study(
+        [(1, 16), (1, 32)],
+        ids[:3000],
+        ids[3000:],
+        V,
+        steps=10,
+        batch_size=4,
+        block_size=8,
+        eval_every=5,
+        eval_batches=2,
+    )
     assert [r["n_embd"] for r in recs] == [16, 32]
     assert recs[0]["params"] < recs[1]["params"]
     r = recs[0]

@@ -1,4 +1,5 @@
 """lmkit.viz: the widget callbacks are plain functions; call them directly (chapters 4, 5, 7)."""
+
 import math
 
 import matplotlib
@@ -24,7 +25,9 @@ def _close():
 def tiny():
     torch.manual_seed(0)
     tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .", unk="?")
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=16)).eval()
+    model = GPT(
+        GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=16)
+    ).eval()
     return model, tok
 
 
@@ -74,7 +77,11 @@ def test_position_encodings(tiny):
     assert len(viz.position_encoding_view("rope", 3, 32, 16).axes) == 2
     assert len(viz.plot_position_encodings(model, 32, 16, ref=4).axes) == 6
     assert len(viz.plot_position_encodings(None, 32, 16).axes) == 4
-    assert viz.position_encoding_widget(model, 32, 16).children[0].options == ("sinusoidal", "learned", "rope")
+    assert viz.position_encoding_widget(model, 32, 16).children[0].options == (
+        "sinusoidal",
+        "learned",
+        "rope",
+    )
 
 
 def test_optimizer_paths_and_views():

@@ -1,4 +1,5 @@
 """lmkit.viz.generation (chapter 12): shaped distributions, widget callback, static figure."""
+
 import math
 
 import matplotlib
@@ -23,7 +24,9 @@ from lmkit.viz.generation import (
 def setup():
     torch.manual_seed(0)
     tok = CharTokenizer.from_text("abcdefgh .")
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    model = GPT(
+        GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)
+    ).eval()
     return model, tok
 
 
@@ -33,7 +36,11 @@ def test_shaped_probs_temperature_and_top_p():
     assert torch.allclose(p1, logits.softmax(-1))
     # temperature 0: one-hot on the argmax; high temperature: closer to uniform
     assert shaped_probs(logits, 0.0).tolist() == [1.0, 0.0, 0.0, 0.0]
-    assert entropy_bits(shaped_probs(logits, 5.0)) > entropy_bits(p1) > entropy_bits(shaped_probs(logits, 0.3))
+    assert (
+        entropy_bits(shaped_probs(logits, 5.0))
+        > entropy_bits(p1)
+        > entropy_bits(shaped_probs(logits, 0.3))
+    )
     # top-p 0.7: 0.6439 (first) < 0.7, so the second token is kept as well; the rest dropped
     p = shaped_probs(logits, 1.0, top_p=0.7)
     assert (p > 0).tolist() == [True, True, False, False]
@@ -76,7 +83,9 @@ def test_widget_update_and_sliders(setup):
 def test_static_grid(setup):
     model, tok = setup
     logits = next_token_logits(model, tok, "abc")
-    fig = plot_distribution_grid(logits, tok.chars, temperatures=(0.5, 1.0), top_ps=(1.0, 0.5, 0.2), n_show=6)
+    fig = plot_distribution_grid(
+        logits, tok.chars, temperatures=(0.5, 1.0), top_ps=(1.0, 0.5, 0.2), n_show=6
+    )
     assert len(fig.axes) == 6
     assert all(len(ax.patches) == 6 for ax in fig.axes)
     fig2 = plot_distribution_grid(logits, lambda i: tok.decode([i]))

@@ -1,4 +1,5 @@
 """lmkit.viz.quant (chapter 15): error state, widget callback, static figure."""
+
 import matplotlib
 
 matplotlib.use("Agg")  # tests only: no display

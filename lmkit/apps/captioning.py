@@ -5,6 +5,7 @@ compositional caption such as ``"a red circle left of a blue square"``. The capt
 image patches (a ViT-style patch embedding + Transformer encoder) and writes the caption with a
 Transformer decoder whose cross-attention over the patches can be plotted. Explained in chapter 22.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,12 @@ from lmkit.apps.seq2seq import DecoderLayer, EncoderLayer, Seq2SeqConfig, pad_ba
 from lmkit.nn import device_of
 from lmkit.optim import optimizer_step
 
-COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3, 0.95), "yellow": (0.95, 0.85, 0.1)}
+COLOURS = {
+    "red": (0.9, 0.1, 0.1),
+    "green": (0.1, 0.8, 0.2),
+    "blue": (0.15, 0.3, 0.95),
+    "yellow": (0.95, 0.85, 0.1),
+}
 SHAPES = ["circle", "square", "triangle"]
 RELATIONS = ["left of", "right of", "above", "below"]
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
@@ -52,7 +58,9 @@ class Scene:
     relation: str | None
 
 
-def make_scene(rng: random.Random, size: int = 32, p_two: float = 0.75, noise: float = 0.05) -> Scene:
+def make_scene(
+    rng: random.Random, size: int = 32, p_two: float = 0.75, noise: float = 0.05
+) -> Scene:
     """One seeded scene. Explained in chapter 22.
 
     With probability ``p_two`` two shapes of different (colour, shape) are placed side by side
@@ -74,11 +82,22 @@ def make_scene(rng: random.Random, size: int = 32, p_two: float = 0.75, noise: f
             c2, s2 = rng.choice(list(COLOURS)), rng.choice(SHAPES)
             if (c2, s2) != (c1, s1):
                 break
-        if (list(COLOURS).index(c2), SHAPES.index(s2)) < (list(COLOURS).index(c1), SHAPES.index(s1)):
-            c1, s1, c2, s2 = c2, s2, c1, s1  # canonical order: the caption names the earlier colour first
+        if (list(COLOURS).index(c2), SHAPES.index(s2)) < (
+            list(COLOURS).index(c1),
+            SHAPES.index(s1),
+        ):
+            c1, s1, c2, s2 = (
+                c2,
+                s2,
+                c1,
+                s1,
+            )  # canonical order: the caption names the earlier colour first
         rel = rng.choice(RELATIONS)
         lo, hi = (r + 1, max(r + 1, size / 2 - r)), (min(size - r - 1, size / 2 + r), size - r - 1)
-        a, b = rng.uniform(*lo), rng.uniform(*hi)  # along the relation's axis: first < second, no overlap
+        a, b = (
+            rng.uniform(*lo),
+            rng.uniform(*hi),
+        )  # along the relation's axis: first < second, no overlap
         if rel in ("right of", "below"):
             a, b = b, a
         o1, o2 = rng.uniform(r + 1, size - r - 1), rng.uniform(r + 1, size - r - 1)  # other axis
@@ -96,7 +115,9 @@ def make_scene(rng: random.Random, size: int = 32, p_two: float = 0.75, noise: f
     return Scene(img.astype(np.float32), caption, objects, rel)
 
 
-def make_scenes(n: int, size: int = 32, seed: int = 0, p_two: float = 0.75, noise: float = 0.05) -> list[Scene]:
+def make_scenes(
+    n: int, size: int = 32, seed: int = 0, p_two: float = 0.75, noise: float = 0.05
+) -> list[Scene]:
     """``n`` seeded scenes. Chapter 22."""
     rng = random.Random(seed)
     return [make_scene(rng, size, p_two, noise) for _ in range(n)]
@@ -170,8 +191,12 @@ class Captioner(nn.Module):
         if c.image_size % c.patch:
             raise ValueError("image_size must be a multiple of patch")
         self.n_patches = (c.image_size // c.patch) ** 2
-        sc = Seq2SeqConfig(1, c.vocab_size, c.d_model, c.n_head, c.n_enc, c.n_dec, c.d_ff, c.max_len, c.dropout)
-        patchify = nn.Conv2d(5 if c.stem == "linear" else 32, c.d_model, kernel_size=c.patch, stride=c.patch)
+        sc = Seq2SeqConfig(
+            1, c.vocab_size, c.d_model, c.n_head, c.n_enc, c.n_dec, c.d_ff, c.max_len, c.dropout
+        )
+        patchify = nn.Conv2d(
+            5 if c.stem == "linear" else 32, c.d_model, kernel_size=c.patch, stride=c.patch
+        )
         if c.stem == "linear":
             self.patch_embed = patchify
         elif c.stem == "conv":
@@ -194,7 +219,10 @@ class Captioner(nn.Module):
         b, _, h, w = images.shape
         ys = torch.linspace(-1, 1, h, device=images.device).view(1, 1, h, 1).expand(b, 1, h, w)
         xs = torch.linspace(-1, 1, w, device=images.device).view(1, 1, 1, w).expand(b, 1, h, w)
-        x = self.patch_embed(torch.cat([images, xs, ys], 1)).flatten(2).transpose(1, 2) + self.patch_pos
+        x = (
+            self.patch_embed(torch.cat([images, xs, ys], 1)).flatten(2).transpose(1, 2)
+            + self.patch_pos
+        )
         for layer in self.enc:
             x = layer(x, None)
         return self.ln_enc(x)
@@ -212,14 +240,24 @@ class Captioner(nn.Module):
     def loss(self, images, tokens):
         """Teacher-forced cross-entropy over caption words; ``tokens`` (B, T) with padding 0."""
         logits = self(images, tokens[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), ignore_index=0)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), ignore_index=0
+        )
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
 
-def train_captioner(model: Captioner, scenes, vocab: CaptionVocab, steps: int = 300, batch_size: int = 64,
-                    lr: float = 3e-3, seed: int = 0, device: str = "cpu") -> list[float]:
+def train_captioner(
+    model: Captioner,
+    scenes,
+    vocab: CaptionVocab,
+    steps: int = 300,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[float]:
     """AdamW with warmup + cosine decay on random mini-batches; returns the loss per step. Chapter 22."""
     torch.manual_seed(seed)
     model.to(device).train()
@@ -230,7 +268,11 @@ def train_captioner(model: Captioner, scenes, vocab: CaptionVocab, steps: int = 
     losses = []
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            group["lr"] = (
+                lr
+                * min(1.0, (step + 1) / warm)
+                * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            )
         idx = torch.randint(0, len(scenes), (batch_size,), generator=g).to(device)
         loss = model.loss(images[idx], tokens[idx])
         losses.append(optimizer_step(loss, opt, model.parameters()))
@@ -239,7 +281,9 @@ def train_captioner(model: Captioner, scenes, vocab: CaptionVocab, steps: int = 
 
 
 @torch.no_grad()
-def greedy_caption(model: Captioner, images: torch.Tensor, vocab: CaptionVocab, max_len: int = 12) -> list[str]:
+def greedy_caption(
+    model: Captioner, images: torch.Tensor, vocab: CaptionVocab, max_len: int = 12
+) -> list[str]:
     """Greedy decoding: images (B, 3, H, W) -> B captions. Explained in chapter 22."""
     model.eval()
     dev = device_of(model)
@@ -257,7 +301,9 @@ def greedy_caption(model: Captioner, images: torch.Tensor, vocab: CaptionVocab, 
 
 
 @torch.no_grad()
-def cross_attention_maps(model: Captioner, image: torch.Tensor, caption: str, vocab: CaptionVocab) -> torch.Tensor:
+def cross_attention_maps(
+    model: Captioner, image: torch.Tensor, caption: str, vocab: CaptionVocab
+) -> torch.Tensor:
     """Cross-attention while reading ``caption`` (teacher forced), averaged over heads:
     (n_dec, T, gh, gw), row t = the step that predicts word t (the last predicts <eos>). Chapter 22."""
     model.eval()
@@ -265,7 +311,11 @@ def cross_attention_maps(model: Captioner, image: torch.Tensor, caption: str, vo
     tokens = torch.tensor([vocab.encode(caption)[:-1]], device=dev)
     model(image[None].to(dev), tokens)
     g = model.config.image_size // model.config.patch
-    return torch.stack([layer.cross_weights[0].mean(0) for layer in model.dec]).reshape(len(model.dec), -1, g, g).cpu()
+    return (
+        torch.stack([layer.cross_weights[0].mean(0) for layer in model.dec])
+        .reshape(len(model.dec), -1, g, g)
+        .cpu()
+    )
 
 
 def parse_caption(caption: str) -> dict:
@@ -275,8 +325,8 @@ def parse_caption(caption: str) -> dict:
     for r in RELATIONS:
         rw = r.split()
         for i in range(len(words) - len(rw) + 1):
-            if words[i:i + len(rw)] == rw:
-                rel, words = r, words[:i] + ["|"] + words[i + len(rw):]
+            if words[i : i + len(rw)] == rw:
+                rel, words = r, words[:i] + ["|"] + words[i + len(rw) :]
                 break
         if rel:
             break
@@ -308,8 +358,13 @@ def attribute_accuracy(hyps: list[str], refs: list[str]) -> dict:
         if pr["relation"]:
             n_rel += 1
             rel_ok += ph["relation"] == pr["relation"]
-    return {"colour": col / max(1, n_obj), "shape": shp / max(1, n_obj), "relation": rel_ok / max(1, n_rel),
-            "count": cnt / max(1, len(refs)), "exact": sum(h == r for h, r in zip(hyps, refs)) / max(1, len(refs))}
+    return {
+        "colour": col / max(1, n_obj),
+        "shape": shp / max(1, n_obj),
+        "relation": rel_ok / max(1, n_rel),
+        "count": cnt / max(1, len(refs)),
+        "exact": sum(h == r for h, r in zip(hyps, refs)) / max(1, len(refs)),
+    }
 
 
 def chance_accuracy() -> dict:
@@ -323,7 +378,9 @@ def plot_scenes(scenes_or_images, titles=None, ncols: int = 4, size: float = 2.2
 
     imgs = [s.image if isinstance(s, Scene) else s for s in scenes_or_images]
     nrows = math.ceil(len(imgs) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols * 1.25, size * nrows * 1.2), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols * 1.25, size * nrows * 1.2), squeeze=False
+    )
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < len(imgs):

@@ -6,6 +6,7 @@ A base language model only continues text. A chat system wraps it: each turn is 
 Instruction tuning and RLHF (chapter 23) are what make a model answer instead of merely continue;
 this module is only the plumbing, and it works with any lmkit GPT and tokenizer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from lmkit.nn import device_of
 class ChatTemplate:
     """How turns are written into one prompt string. Explained in chapter 23."""
 
-    system: str = "A conversation between a user and an assistant that answers questions about Python."
+    system: str = (
+        "A conversation between a user and an assistant that answers questions about Python."
+    )
     user_prefix: str = "User: "
     assistant_prefix: str = "Assistant: "
     separator: str = "\n"
@@ -38,7 +41,11 @@ class ChatTemplate:
 
     def stop_strings(self) -> list[str]:
         """Where a reply ends: at the next turn marker (or a blank line)."""
-        return [self.separator + self.user_prefix.strip(), self.separator + self.assistant_prefix.strip(), "\n\n"]
+        return [
+            self.separator + self.user_prefix.strip(),
+            self.separator + self.assistant_prefix.strip(),
+            "\n\n",
+        ]
 
 
 def cut_reply(text: str, stops: list[str]) -> str:
@@ -73,7 +80,9 @@ class ChatSession:
         """The prompt for the next turn, with as much history as fits the window."""
         budget = self.model.config.block_size - self.max_new_tokens
         if budget < 1:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} leaves no room in a window of {self.model.config.block_size}")
+            raise ValueError(
+                f"max_new_tokens={self.max_new_tokens} leaves no room in a window of {self.model.config.block_size}"
+            )
         history = list(self.history)
         while True:
             prompt = self.template.render(history, message)
@@ -89,10 +98,19 @@ class ChatSession:
     def send(self, message: str) -> str:
         """Generate the assistant's reply to ``message`` and add the turn to the history."""
         prompt = self.prompt_for(message)
-        ids = torch.tensor([self.tokenizer.encode(prompt)], dtype=torch.long, device=device_of(self.model))
+        ids = torch.tensor(
+            [self.tokenizer.encode(prompt)], dtype=torch.long, device=device_of(self.model)
+        )
         seed = None if self.seed is None else self.seed + len(self.history)
-        out = generate(self.model, ids, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k, seed=seed)
-        text = self.tokenizer.decode(out[0, ids.size(1):].tolist())
+        out = generate(
+            self.model,
+            ids,
+            self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            seed=seed,
+        )
+        text = self.tokenizer.decode(out[0, ids.size(1) :].tolist())
         reply = cut_reply(text, self.template.stop_strings())
         self.history.append((message, reply))
         return reply

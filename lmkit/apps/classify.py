@@ -9,6 +9,7 @@ Explained in chapter 18.
   with a linear head on its mean-pooled states, fine-tuned end to end;
 * :func:`classification_metrics`: accuracy, macro-F1 and the confusion matrix (scikit-learn).
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,10 @@ def load_sentiment(path=None) -> dict[str, tuple[list[str], list[str]]]:
     """
     path = Path(path) if path is not None else book_dir() / SENTIMENT_CSV
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the sentiment data ship with the book's repository "
-                                "(clone it and pip install -e .)")
+        raise FileNotFoundError(
+            f"{path} is missing: the sentiment data ship with the book's repository "
+            "(clone it and pip install -e .)"
+        )
     out = {"train": ([], []), "val": ([], []), "test": ([], [])}
     with open(path, encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
@@ -47,6 +50,7 @@ def load_sentiment(path=None) -> dict[str, tuple[list[str], list[str]]]:
 
 # --- metrics ---------------------------------------------------------------------------------
 
+
 def classification_metrics(y_true, y_pred, labels) -> dict:
     """{"accuracy", "macro_f1", "confusion"}: confusion[i, j] counts true labels[i] predicted labels[j].
 
@@ -56,12 +60,15 @@ def classification_metrics(y_true, y_pred, labels) -> dict:
 
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        ),
         "confusion": confusion_matrix(y_true, y_pred, labels=labels),
     }
 
 
 # --- 1. lexicon baseline ---------------------------------------------------------------------
+
 
 def vader_scores(texts) -> list[float]:
     """VADER's compound score in [-1, 1] for each text."""
@@ -87,18 +94,22 @@ def vader_predict(texts, threshold: float = 0.0, neutral: bool = False) -> list[
 
 # --- 2. bag of words + logistic regression ---------------------------------------------------
 
+
 def bow_logreg(train_texts, train_labels, C: float = 10.0, ngram_range=(1, 2)):
     """A fitted scikit-learn Pipeline(TfidfVectorizer, LogisticRegression); ``.predict(texts)``."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    pipe = make_pipeline(TfidfVectorizer(ngram_range=ngram_range, sublinear_tf=True),
-                         LogisticRegression(C=C, max_iter=1000))
+    pipe = make_pipeline(
+        TfidfVectorizer(ngram_range=ngram_range, sublinear_tf=True),
+        LogisticRegression(C=C, max_iter=1000),
+    )
     return pipe.fit(list(train_texts), list(train_labels))
 
 
 # --- 3. a GRU from scratch -------------------------------------------------------------------
+
 
 def tokenize_words(text: str) -> list[str]:
     """Lower-cased words, with n't kept as its own token: "didn't" -> ["did", "n't"]."""
@@ -131,8 +142,14 @@ class GRUClassifier(nn.Module):
     ``forward(ids (B, T), lengths (B,)) -> logits (B, n_classes)``.
     """
 
-    def __init__(self, vocab_size: int, n_classes: int = 2, d_emb: int = 64, d_hidden: int = 64,
-                 dropout: float = 0.3):
+    def __init__(
+        self,
+        vocab_size: int,
+        n_classes: int = 2,
+        d_emb: int = 64,
+        d_hidden: int = 64,
+        dropout: float = 0.3,
+    ):
         super().__init__()
         self.emb = nn.Embedding(vocab_size, d_emb, padding_idx=0)
         self.gru = nn.GRU(d_emb, d_hidden, batch_first=True, bidirectional=True)
@@ -141,7 +158,9 @@ class GRUClassifier(nn.Module):
 
     def forward(self, ids, lengths):
         x = self.drop(self.emb(ids))
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
         out, _ = self.gru(packed)  # nn.GRU returns (outputs, last hidden state): a tuple
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, padding_value=-1e4)
         return self.head(self.drop(out.max(dim=1).values))
@@ -149,11 +168,20 @@ class GRUClassifier(nn.Module):
 
 def _batches(n: int, batch_size: int, generator):
     perm = torch.randperm(n, generator=generator).tolist()
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def train_gru(train_texts, train_labels, labels, epochs: int = 15, batch_size: int = 16, lr: float = 3e-3,
-              seed: int = 0, device="cpu", **model_kwargs):
+def train_gru(
+    train_texts,
+    train_labels,
+    labels,
+    epochs: int = 15,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    seed: int = 0,
+    device="cpu",
+    **model_kwargs,
+):
     """Build a vocabulary on the training texts and train a :class:`GRUClassifier`.
 
     Returns (model in eval mode, vocab, losses per epoch). Explained in chapter 18.
@@ -185,6 +213,7 @@ def predict_gru(model, vocab: WordVocab, texts, labels, device="cpu") -> list[st
 
 # --- 4. the pretrained encoder, fine-tuned ----------------------------------------------------
 
+
 class EncoderClassifier(nn.Module):
     """A pretrained encoder + dropout + a linear head on the mask-weighted mean of its states.
 
@@ -207,9 +236,21 @@ class EncoderClassifier(nn.Module):
         return self.head(self.drop(self.pool(input_ids, attention_mask)))
 
 
-def finetune_encoder(train_texts, train_labels, labels, epochs: int = 2, batch_size: int = 16, lr: float = 5e-5,
-                     head_lr: float = 1e-3, max_length: int = 64, warmup_fraction: float = 0.1, seed: int = 0,
-                     device="cpu", encoder=None, tokenizer=None):
+def finetune_encoder(
+    train_texts,
+    train_labels,
+    labels,
+    epochs: int = 2,
+    batch_size: int = 16,
+    lr: float = 5e-5,
+    head_lr: float = 1e-3,
+    max_length: int = 64,
+    warmup_fraction: float = 0.1,
+    seed: int = 0,
+    device="cpu",
+    encoder=None,
+    tokenizer=None,
+):
     """Fine-tune the offline all-MiniLM-L6-v2 with a fresh linear head (plain PyTorch loop).
 
     AdamW with a small learning rate for the pretrained body (``lr``) and a larger one for the new
@@ -221,32 +262,59 @@ def finetune_encoder(train_texts, train_labels, labels, epochs: int = 2, batch_s
     if encoder is None or tokenizer is None:
         encoder, tokenizer = load_encoder(device)
     model = EncoderClassifier(encoder, len(labels)).to(device)
-    opt = torch.optim.AdamW([{"params": model.encoder.parameters(), "lr": lr},
-                             {"params": model.head.parameters(), "lr": head_lr}], weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [
+            {"params": model.encoder.parameters(), "lr": lr},
+            {"params": model.head.parameters(), "lr": head_lr},
+        ],
+        weight_decay=0.01,
+    )
     steps = epochs * math.ceil(len(train_texts) / batch_size)
     warm = max(1, int(warmup_fraction * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9)))
+    )
     y = torch.tensor([labels.index(l) for l in train_labels])
     losses = []
     for _ in range(epochs):
         model.train()
         for idx in _batches(len(train_texts), batch_size, g):
-            batch = tokenizer([train_texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt").to(device)
-            loss = F.cross_entropy(model(batch["input_ids"], batch["attention_mask"]), y[idx].to(device))
+            batch = tokenizer(
+                [train_texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
+            loss = F.cross_entropy(
+                model(batch["input_ids"], batch["attention_mask"]), y[idx].to(device)
+            )
             losses.append(optimizer_step(loss, opt, model.parameters(), scheduler=sched))
     return model.eval(), tokenizer, losses
 
 
 @torch.no_grad()
-def predict_encoder(model, tokenizer, texts, labels, batch_size: int = 64, max_length: int = 64, device="cpu",
-                    return_probs: bool = False):
+def predict_encoder(
+    model,
+    tokenizer,
+    texts,
+    labels,
+    batch_size: int = 64,
+    max_length: int = 64,
+    device="cpu",
+    return_probs: bool = False,
+):
     """Predicted label names (and, with ``return_probs``, the (N, C) class probabilities)."""
     model.eval()
     probs = []
     for i in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt").to(device)
+        batch = tokenizer(
+            list(texts[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(device)
         probs.append(model(batch["input_ids"], batch["attention_mask"]).softmax(-1).cpu())
     probs = torch.cat(probs)
     pred = [labels[i] for i in probs.argmax(-1).tolist()]

@@ -9,6 +9,7 @@
 * :data:`BENCHMARK`: ten small function-completion problems (prompt = signature + docstring,
   tests = asserts), each with a reference solution and a deliberately wrong one.
 """
+
 from __future__ import annotations
 
 import ast
@@ -48,6 +49,7 @@ def _limits(memory_mb: int, cpu_s: int):
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
         except (ImportError, ValueError, OSError):
             pass
+
     return apply
 
 
@@ -65,13 +67,25 @@ def run_tests(program: str, tests: str, timeout: float = 5.0, memory_mb: int = 5
         path = os.path.join(tmp, "candidate.py")
         with open(path, "w", encoding="utf-8") as f:
             f.write(code)
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         kwargs = {}
         if os.name == "posix":
             kwargs["preexec_fn"] = _limits(memory_mb, int(timeout) + 1)
         try:
-            r = subprocess.run([sys.executable, "-I", path], cwd=tmp, env=env, capture_output=True, text=True,
-                               timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+            r = subprocess.run(
+                [sys.executable, "-I", path],
+                cwd=tmp,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                **kwargs,
+            )
         except subprocess.TimeoutExpired:
             return {"passed": False, "status": "timeout", "detail": f"ran longer than {timeout} s"}
     if r.returncode == 0:
@@ -106,65 +120,112 @@ class Problem:
 
 
 def _p(name, prompt, tests, reference, wrong):
-    return Problem(name, prompt.strip("\n") + "\n", tests.strip("\n"), reference.strip("\n"), wrong.strip("\n"))
+    return Problem(
+        name, prompt.strip("\n") + "\n", tests.strip("\n"), reference.strip("\n"), wrong.strip("\n")
+    )
 
 
 BENCHMARK = [
-    _p("add", '''
+    _p(
+        "add",
+        '''
 def add(a, b):
     """Return the sum of a and b."""
-''', "assert add(2, 3) == 5\nassert add(-1, 1) == 0\nassert add(0.5, 0.25) == 0.75",
-       "    return a + b", "    return a - b"),
-    _p("is_even", '''
+''',
+        "assert add(2, 3) == 5\nassert add(-1, 1) == 0\nassert add(0.5, 0.25) == 0.75",
+        "    return a + b",
+        "    return a - b",
+    ),
+    _p(
+        "is_even",
+        '''
 def is_even(n):
     """Return True if the integer n is even."""
-''', "assert is_even(4)\nassert not is_even(7)\nassert is_even(0)\nassert is_even(-2)",
-       "    return n % 2 == 0", "    return n % 2 == 1"),
-    _p("maximum", '''
+''',
+        "assert is_even(4)\nassert not is_even(7)\nassert is_even(0)\nassert is_even(-2)",
+        "    return n % 2 == 0",
+        "    return n % 2 == 1",
+    ),
+    _p(
+        "maximum",
+        '''
 def maximum(items):
     """Return the largest element of a non-empty list without using max()."""
-''', "assert maximum([3, 9, 2]) == 9\nassert maximum([-5, -2, -9]) == -2\nassert maximum([7]) == 7",
-       "    best = items[0]\n    for x in items[1:]:\n        if x > best:\n            best = x\n    return best",
-       "    best = 0\n    for x in items:\n        if x > best:\n            best = x\n    return best"),
-    _p("reverse_string", '''
+''',
+        "assert maximum([3, 9, 2]) == 9\nassert maximum([-5, -2, -9]) == -2\nassert maximum([7]) == 7",
+        "    best = items[0]\n    for x in items[1:]:\n        if x > best:\n            best = x\n    return best",
+        "    best = 0\n    for x in items:\n        if x > best:\n            best = x\n    return best",
+    ),
+    _p(
+        "reverse_string",
+        '''
 def reverse_string(s):
     """Return the string s reversed."""
-''', "assert reverse_string('abc') == 'cba'\nassert reverse_string('') == ''\nassert reverse_string('a') == 'a'",
-       "    return s[::-1]", "    return s"),
-    _p("count_vowels", '''
+''',
+        "assert reverse_string('abc') == 'cba'\nassert reverse_string('') == ''\nassert reverse_string('a') == 'a'",
+        "    return s[::-1]",
+        "    return s",
+    ),
+    _p(
+        "count_vowels",
+        '''
 def count_vowels(text):
     """Return how many characters of text are vowels (a, e, i, o, u, either case)."""
-''', "assert count_vowels('Hello') == 2\nassert count_vowels('xyz') == 0\nassert count_vowels('AEIOU') == 5",
-       "    return sum(1 for ch in text if ch.lower() in 'aeiou')",
-       "    return sum(1 for ch in text if ch in 'aeiou')"),
-    _p("factorial", '''
+''',
+        "assert count_vowels('Hello') == 2\nassert count_vowels('xyz') == 0\nassert count_vowels('AEIOU') == 5",
+        "    return sum(1 for ch in text if ch.lower() in 'aeiou')",
+        "    return sum(1 for ch in text if ch in 'aeiou')",
+    ),
+    _p(
+        "factorial",
+        '''
 def factorial(n):
     """Return n! for an integer n >= 0."""
-''', "assert factorial(0) == 1\nassert factorial(5) == 120\nassert factorial(1) == 1",
-       "    result = 1\n    for i in range(2, n + 1):\n        result *= i\n    return result",
-       "    result = 1\n    for i in range(1, n):\n        result *= i\n    return result"),
-    _p("fibonacci", '''
+''',
+        "assert factorial(0) == 1\nassert factorial(5) == 120\nassert factorial(1) == 1",
+        "    result = 1\n    for i in range(2, n + 1):\n        result *= i\n    return result",
+        "    result = 1\n    for i in range(1, n):\n        result *= i\n    return result",
+    ),
+    _p(
+        "fibonacci",
+        '''
 def fibonacci(n):
     """Return the n-th Fibonacci number, with fibonacci(0) == 0 and fibonacci(1) == 1."""
-''', "assert fibonacci(0) == 0\nassert fibonacci(1) == 1\nassert fibonacci(10) == 55",
-       "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
-       "    a, b = 1, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a"),
-    _p("is_palindrome", '''
+''',
+        "assert fibonacci(0) == 0\nassert fibonacci(1) == 1\nassert fibonacci(10) == 55",
+        "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
+        "    a, b = 1, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
+    ),
+    _p(
+        "is_palindrome",
+        '''
 def is_palindrome(s):
     """Return True if s reads the same backwards, ignoring case."""
-''', "assert is_palindrome('Level')\nassert not is_palindrome('python')\nassert is_palindrome('')",
-       "    s = s.lower()\n    return s == s[::-1]", "    return s == s[::-1]"),
-    _p("unique_sorted", '''
+''',
+        "assert is_palindrome('Level')\nassert not is_palindrome('python')\nassert is_palindrome('')",
+        "    s = s.lower()\n    return s == s[::-1]",
+        "    return s == s[::-1]",
+    ),
+    _p(
+        "unique_sorted",
+        '''
 def unique_sorted(items):
     """Return the distinct elements of items in increasing order, as a list."""
-''', "assert unique_sorted([3, 1, 3, 2]) == [1, 2, 3]\nassert unique_sorted([]) == []",
-       "    return sorted(set(items))", "    return sorted(items)"),
-    _p("word_count", '''
+''',
+        "assert unique_sorted([3, 1, 3, 2]) == [1, 2, 3]\nassert unique_sorted([]) == []",
+        "    return sorted(set(items))",
+        "    return sorted(items)",
+    ),
+    _p(
+        "word_count",
+        '''
 def word_count(text):
     """Return a dict mapping each whitespace-separated word of text to how often it occurs."""
-''', "assert word_count('a b a') == {'a': 2, 'b': 1}\nassert word_count('') == {}",
-       "    counts = {}\n    for word in text.split():\n        counts[word] = counts.get(word, 0) + 1\n    return counts",
-       "    return {word: 1 for word in text.split()}"),
+''',
+        "assert word_count('a b a') == {'a': 2, 'b': 1}\nassert word_count('') == {}",
+        "    counts = {}\n    for word in text.split():\n        counts[word] = counts.get(word, 0) + 1\n    return counts",
+        "    return {word: 1 for word in text.split()}",
+    ),
 ]
 
 
@@ -179,7 +240,9 @@ def truncate_completion(text: str) -> str:
     return "\n".join(out).rstrip()
 
 
-def score_completions(problems, completions: dict, ks=(1, 5), timeout: float = 5.0, workers: int = 4) -> dict:
+def score_completions(
+    problems, completions: dict, ks=(1, 5), timeout: float = 5.0, workers: int = 4
+) -> dict:
     """Run every completion against its problem's tests.
 
     ``completions``: {problem name: [body, ...]} (n bodies per problem, the same n for all).
@@ -190,34 +253,55 @@ def score_completions(problems, completions: dict, ks=(1, 5), timeout: float = 5
 
     per, statuses = {}, Counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {p.name: [pool.submit(run_tests, p.prompt + body, p.tests, timeout) for body in completions[p.name]]
-                   for p in problems}
+        futures = {
+            p.name: [
+                pool.submit(run_tests, p.prompt + body, p.tests, timeout)
+                for body in completions[p.name]
+            ]
+            for p in problems
+        }
     for p in problems:
         bodies = completions[p.name]
         results = [f.result() for f in futures[p.name]]
         statuses.update(r["status"] for r in results)
         per[p.name] = (len(bodies), sum(r["passed"] for r in results))
-    scores = {k: float(np.mean([pass_at_k(n, c, k) for n, c in per.values()])) for k in ks
-              if all(n >= k for n, _ in per.values())}
+    scores = {
+        k: float(np.mean([pass_at_k(n, c, k) for n, c in per.values()]))
+        for k in ks
+        if all(n >= k for n, _ in per.values())
+    }
     return {"per_problem": per, "pass@k": scores, "statuses": statuses}
 
 
-def sample_completions(model, tokenizer, prompt: str, n: int = 5, max_new_tokens: int = 128, temperature: float = 0.8,
-                       top_k: int | None = None, seed: int = 0, device="cpu") -> list[str]:
+def sample_completions(
+    model,
+    tokenizer,
+    prompt: str,
+    n: int = 5,
+    max_new_tokens: int = 128,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 0,
+    device="cpu",
+) -> list[str]:
     """n sampled continuations of ``prompt`` from an lmkit GPT, each cut by :func:`truncate_completion`.
 
     Explained in chapter 20.
     """
     ids = torch.tensor([tokenizer.encode(prompt)] * n, dtype=torch.long, device=device)
     out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
-    return [truncate_completion(tokenizer.decode(row[ids.size(1):].tolist())) for row in out]
+    return [truncate_completion(tokenizer.decode(row[ids.size(1) :].tolist())) for row in out]
 
 
-def complete_benchmark(model, tokenizer, problems=None, n: int = 5, seed: int = 0, **kwargs) -> dict:
+def complete_benchmark(
+    model, tokenizer, problems=None, n: int = 5, seed: int = 0, **kwargs
+) -> dict:
     """{problem name: n completions} for every problem (seeds ``seed + i`` per problem). Chapter 20."""
     problems = BENCHMARK if problems is None else problems
-    return {p.name: sample_completions(model, tokenizer, p.prompt, n=n, seed=seed + i, **kwargs)
-            for i, p in enumerate(problems)}
+    return {
+        p.name: sample_completions(model, tokenizer, p.prompt, n=n, seed=seed + i, **kwargs)
+        for i, p in enumerate(problems)
+    }
 
 
 def complete_statements(text: str) -> str:
@@ -228,8 +312,15 @@ def complete_statements(text: str) -> str:
     is judged on the statements it finished. Explained in chapter 20.
     """
     lines = text.split("\n")
-    starts = [i for i, line in enumerate(lines) if line.strip() and not line[0].isspace()
-              and not line.lstrip().startswith((")", "]", "}", "else", "elif", "except", "finally", "#", "@"))]
+    starts = [
+        i
+        for i, line in enumerate(lines)
+        if line.strip()
+        and not line[0].isspace()
+        and not line.lstrip().startswith(
+            (")", "]", "}", "else", "elif", "except", "finally", "#", "@")
+        )
+    ]
     if len(starts) < 2:
         return ""
     return "\n".join(lines[: starts[-1]]).rstrip() + "\n"

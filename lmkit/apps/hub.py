@@ -3,6 +3,7 @@
 They need internet the first time (then the Hugging Face cache). The offline defaults are the
 book's own data: book/data/sentiment, :mod:`lmkit.data.tasks`, the standard-library corpus.
 """
+
 from __future__ import annotations
 
 
@@ -38,8 +39,9 @@ def load_hub_sentiment(name: str = "sst2", max_per_split: int | None = 2000, see
     return out
 
 
-def load_hub_parallel(name: str = "opus_books", pair: str = "en-fr", max_pairs: int | None = 20000,
-                      seed: int = 0) -> dict:
+def load_hub_parallel(
+    name: str = "opus_books", pair: str = "en-fr", max_pairs: int | None = 20000, seed: int = 0
+) -> dict:
     """A parallel corpus as {"train"|"val"|"test": [(source, target), ...]}. Chapter 19.
 
     ``opus_books`` (pairs such as "en-fr", "de-en"; only a train split, split here 80/10/10) or
@@ -71,13 +73,26 @@ def load_hub_gpt2(name: str = "gpt2", device="cpu"):
     return AutoModelForCausalLM.from_pretrained(name).to(device).eval(), tok
 
 
-def hub_complete(model, tokenizer, prompt: str, n: int = 5, max_new_tokens: int = 64, temperature: float = 0.8,
-                 seed: int = 0) -> list[str]:
+def hub_complete(
+    model,
+    tokenizer,
+    prompt: str,
+    n: int = 5,
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    seed: int = 0,
+) -> list[str]:
     """n sampled continuations of ``prompt`` from a transformers causal LM (text after the prompt)."""
     import torch
 
     torch.manual_seed(seed)
     ids = tokenizer(prompt, return_tensors="pt").to(model.device)
-    out = model.generate(**ids, do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens,
-                         num_return_sequences=n, pad_token_id=tokenizer.eos_token_id)
-    return [tokenizer.decode(o[ids["input_ids"].shape[1]:], skip_special_tokens=True) for o in out]
+    out = model.generate(
+        **ids,
+        do_sample=True,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=n,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    return [tokenizer.decode(o[ids["input_ids"].shape[1] :], skip_special_tokens=True) for o in out]

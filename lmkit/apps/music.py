@@ -6,6 +6,7 @@ from simple rules (a Markov chain over scale degrees, one-bar rhythm patterns, a
 ending on the tonic); :class:`MusicTokenizer` turns them into pitch/duration tokens for a GPT.
 Explained in chapter 21.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,13 @@ import numpy as np
 PITCH_CLASSES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 SCALES = {"major": [0, 2, 4, 5, 7, 9, 11], "minor": [0, 2, 3, 5, 7, 8, 10]}  # natural minor
 RHYTHMS = [  # one 4/4 bar = 8 eighth notes
-    [2, 2, 2, 2], [1, 1, 2, 2, 2], [2, 1, 1, 2, 2], [4, 2, 2], [2, 2, 4], [3, 1, 2, 2], [1, 1, 1, 1, 2, 2],
+    [2, 2, 2, 2],
+    [1, 1, 2, 2, 2],
+    [2, 1, 1, 2, 2],
+    [4, 2, 2],
+    [2, 2, 4],
+    [3, 1, 2, 2],
+    [1, 1, 1, 1, 2, 2],
 ]
 STEP_PROBS = {-4: 0.04, -2: 0.12, -1: 0.3, 0: 0.08, 1: 0.3, 2: 0.12, 4: 0.04}  # degree steps
 DURATIONS = [1, 2, 3, 4, 6, 8]
@@ -46,8 +53,13 @@ def degree_to_pitch(degree: int, tonic: int, mode: str = "major") -> int:
     return base + 12 * octave + scale[step]
 
 
-def generate_melody(tonic: int | None = None, mode: str | None = None, n_bars: int = 4,
-                    rng: random.Random | None = None, seed: int | None = None) -> Melody:
+def generate_melody(
+    tonic: int | None = None,
+    mode: str | None = None,
+    n_bars: int = 4,
+    rng: random.Random | None = None,
+    seed: int | None = None,
+) -> Melody:
     """One seeded melody of ``n_bars`` 4/4 bars. Explained in chapter 21.
 
     Rules: the pitch walks a Markov chain over scale degrees (mostly steps of one degree, reflected
@@ -83,7 +95,10 @@ def melody_corpus(n: int, n_bars: int = 4, seed: int = 0, tonics=None, modes=Non
     rng = random.Random(seed)
     tonics = list(range(12)) if tonics is None else list(tonics)
     modes = ["major", "minor"] if modes is None else list(modes)
-    return [generate_melody(rng.choice(tonics), rng.choice(modes), n_bars=n_bars, rng=rng) for _ in range(n)]
+    return [
+        generate_melody(rng.choice(tonics), rng.choice(modes), n_bars=n_bars, rng=rng)
+        for _ in range(n)
+    ]
 
 
 class MusicTokenizer:
@@ -94,9 +109,17 @@ class MusicTokenizer:
     """
 
     def __init__(self):
-        keys = [f"K:{pc}{'' if m == 'major' else 'm'}" for m in ("major", "minor") for pc in PITCH_CLASSES]
-        self.itos = ["<pad>", "<bos>", "<eos>", "|"] + keys + [f"P{p}" for p in range(LOW, HIGH + 1)] + \
-            [f"D{d}" for d in DURATIONS]
+        keys = [
+            f"K:{pc}{'' if m == 'major' else 'm'}"
+            for m in ("major", "minor")
+            for pc in PITCH_CLASSES
+        ]
+        self.itos = (
+            ["<pad>", "<bos>", "<eos>", "|"]
+            + keys
+            + [f"P{p}" for p in range(LOW, HIGH + 1)]
+            + [f"D{d}" for d in DURATIONS]
+        )
         self.stoi = {t: i for i, t in enumerate(self.itos)}
         self.pad_id, self.bos_id, self.eos_id, self.bar_id = 0, 1, 2, 3
 
@@ -140,6 +163,7 @@ class MusicTokenizer:
 
 # --- statistics -----------------------------------------------------------------------------
 
+
 def in_key_ratio(melody: Melody, tonic: int | None = None, mode: str | None = None) -> float:
     """Share of notes whose pitch class is in the scale (the melody's own key by default)."""
     tonic = melody.tonic if tonic is None else tonic
@@ -171,7 +195,7 @@ def pitch_range(melody: Melody) -> int:
 def repetition(melody: Melody, n: int = 3) -> float:
     """Share of interval n-grams that occurred earlier in the melody (motif reuse), in [0, 1]."""
     iv = intervals(melody)
-    grams = [tuple(iv[i:i + n]) for i in range(len(iv) - n + 1)]
+    grams = [tuple(iv[i : i + n]) for i in range(len(iv) - n + 1)]
     if not grams:
         return 0.0
     seen, rep = set(), 0
@@ -194,18 +218,23 @@ def melody_stats(melodies) -> dict:
         "repetition": float(np.mean([repetition(m) for m in ms])) if ms else 0.0,
         "mean_abs_interval": float(np.mean(absiv)) if absiv else 0.0,
         "steps": float(np.mean([a <= 2 for a in absiv])) if absiv else 0.0,
-        "ends_on_tonic": float(np.mean([m.notes[-1][0] % 12 == m.tonic for m in ms])) if ms else 0.0,
+        "ends_on_tonic": float(np.mean([m.notes[-1][0] % 12 == m.tonic for m in ms]))
+        if ms
+        else 0.0,
     }
 
 
 # --- sound and pictures ---------------------------------------------------------------------
+
 
 def midi_to_hz(pitch: float) -> float:
     """Equal temperament: A4 (MIDI 69) = 440 Hz, f = 440 * 2**((p - 69) / 12)."""
     return 440.0 * 2 ** ((pitch - 69) / 12)
 
 
-def synthesize(melody: Melody, bpm: float = 120, sr: int = 16000, harmonics=(1.0, 0.5, 0.25)) -> np.ndarray:
+def synthesize(
+    melody: Melody, bpm: float = 120, sr: int = 16000, harmonics=(1.0, 0.5, 0.25)
+) -> np.ndarray:
     """Melody -> mono float32 waveform in [-1, 1], shape (samples,), for IPython.display.Audio.
 
     Each note is a sum of sine harmonics with a short attack and an exponential decay. Chapter 21.
@@ -219,9 +248,13 @@ def synthesize(melody: Melody, bpm: float = 120, sr: int = 16000, harmonics=(1.0
         t = np.arange(n) / sr
         f = midi_to_hz(pitch)
         tone = sum(a * np.sin(2 * np.pi * f * (k + 1) * t) for k, a in enumerate(harmonics))
-        env = np.minimum(1.0, t / 0.01) * np.exp(-3.0 * t) * np.minimum(1.0, (n - np.arange(n)) / (0.01 * sr))
+        env = (
+            np.minimum(1.0, t / 0.01)
+            * np.exp(-3.0 * t)
+            * np.minimum(1.0, (n - np.arange(n)) / (0.01 * sr))
+        )
         start = int(t0 * sr)
-        out[start:start + n] += tone * env
+        out[start : start + n] += tone * env
         t0 += dur * eighth
     peak = np.abs(out).max()
     return (out / peak * 0.8 if peak > 0 else out).astype(np.float32)
@@ -234,7 +267,7 @@ def piano_roll(melody: Melody, low: int = LOW, high: int = HIGH) -> np.ndarray:
     t = 0
     for p, d in melody.notes:
         if low <= p <= high:
-            roll[p - low, t:t + d] = 1
+            roll[p - low, t : t + d] = 1
         t += d
     return roll
 
@@ -246,7 +279,9 @@ def plot_piano_rolls(melodies, titles=None, ncols: int = 2, figsize_per=(4.2, 2.
 
     n = len(melodies)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(figsize_per[0] * ncols, figsize_per[1] * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(figsize_per[0] * ncols, figsize_per[1] * nrows), squeeze=False
+    )
     for k, ax in enumerate(axes.flat):
         if k >= n:
             ax.axis("off")
@@ -255,7 +290,11 @@ def plot_piano_rolls(melodies, titles=None, ncols: int = 2, figsize_per=(4.2, 2.
         scale = {(m.tonic + s) % 12 for s in SCALES[m.mode]}
         t = 0
         for p, d in m.notes:
-            ax.add_patch(Rectangle((t, p - 0.4), d - 0.1, 0.8, color="tab:blue" if p % 12 in scale else "tab:red"))
+            ax.add_patch(
+                Rectangle(
+                    (t, p - 0.4), d - 0.1, 0.8, color="tab:blue" if p % 12 in scale else "tab:red"
+                )
+            )
             t += d
         pitches = [p for p, _ in m.notes] or [60]
         ax.set_xlim(0, max(t, BAR_LEN * 4))

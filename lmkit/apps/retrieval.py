@@ -4,6 +4,7 @@ Explained in chapter 23. A question and every passage are embedded by the pretra
 encoder (:func:`lmkit.pretrained.embed_sentences`, all-MiniLM-L6-v2, unit vectors of 384 numbers);
 the passages whose embeddings have the largest cosine similarity with the question's are returned.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,14 +69,20 @@ def split_passages(text: str, max_words: int = 120, min_words: int = 25) -> list
             passages.append(" ".join(buffer))
             buffer = []
     if buffer:
-        if passages and len(buffer) < min_words and len(passages[-1].split()) + len(buffer) <= max_words:
+        if (
+            passages
+            and len(buffer) < min_words
+            and len(passages[-1].split()) + len(buffer) <= max_words
+        ):
             passages[-1] = passages[-1] + " " + " ".join(buffer)
         else:
             passages.append(" ".join(buffer))
     return passages
 
 
-def corpus_passages(documents: dict[str, str], max_words: int = 120, min_words: int = 25) -> list[dict]:
+def corpus_passages(
+    documents: dict[str, str], max_words: int = 120, min_words: int = 25
+) -> list[dict]:
     """Passages of every document: ``[{"id": "doc#i", "doc": doc, "text": ...}, ...]``. Chapter 23.
 
     ``documents`` is what :func:`lmkit.data.corpus_documents` returns (e.g. for ``"book"``).
@@ -135,7 +142,9 @@ class TfidfRetriever:
 
         self.passages = list(passages)
         self.vectorizer = TfidfVectorizer(sublinear_tf=True, stop_words="english")
-        self.matrix = self.vectorizer.fit_transform(self.passages)  # (N, vocabulary), rows unit length
+        self.matrix = self.vectorizer.fit_transform(
+            self.passages
+        )  # (N, vocabulary), rows unit length
 
     def scores(self, queries: list[str]) -> torch.Tensor:
         q = self.vectorizer.transform(list(queries))
@@ -145,7 +154,9 @@ class TfidfRetriever:
         return top_k(self.scores(queries), k)
 
 
-def hit_rate_at_k(ranked: torch.Tensor, gold: list[int] | torch.Tensor, ks=(1, 3, 5)) -> dict[int, float]:
+def hit_rate_at_k(
+    ranked: torch.Tensor, gold: list[int] | torch.Tensor, ks=(1, 3, 5)
+) -> dict[int, float]:
     """Share of queries whose gold passage is among the first k retrieved, for each k. Chapter 23.
 
     ``ranked`` (Q, K) holds passage indices best first (K >= max(ks)); ``gold`` (Q,) the right one.
@@ -155,7 +166,9 @@ def hit_rate_at_k(ranked: torch.Tensor, gold: list[int] | torch.Tensor, ks=(1, 3
     if ranked.size(0) != gold.size(0):
         raise ValueError(f"{ranked.size(0)} rankings but {gold.size(0)} gold passages")
     if max(ks) > ranked.size(1):
-        raise ValueError(f"k = {max(ks)} needs at least {max(ks)} ranked passages, got {ranked.size(1)}")
+        raise ValueError(
+            f"k = {max(ks)} needs at least {max(ks)} ranked passages, got {ranked.size(1)}"
+        )
     return {k: float((ranked[:, :k] == gold).any(dim=1).float().mean()) for k in ks}
 
 

@@ -5,6 +5,7 @@ Explained in chapter 19. The model follows Vaswani et al. (2017) with pre-norm l
 target prefix, then **cross-attention** to the encoder's states). Every decoder layer keeps the
 weights of its last cross-attention so that alignments can be plotted.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,7 @@ class Vocab:
         self.tokenize, self.join = tokenize, join
 
     @classmethod
-    def from_texts(cls, texts, tokenize=word_tokens, join: str = " ") -> "Vocab":
+    def from_texts(cls, texts, tokenize=word_tokens, join: str = " ") -> Vocab:
         return cls([t for s in texts for t in tokenize(s)], tokenize, join)
 
     pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
@@ -111,8 +112,12 @@ class DecoderLayer(nn.Module):
     def __init__(self, c: Seq2SeqConfig):
         super().__init__()
         self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(c.d_model) for _ in range(3))
-        self.self_attn = nn.MultiheadAttention(c.d_model, c.n_head, dropout=c.dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(c.d_model, c.n_head, dropout=c.dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(
+            c.d_model, c.n_head, dropout=c.dropout, batch_first=True
+        )
+        self.cross_attn = nn.MultiheadAttention(
+            c.d_model, c.n_head, dropout=c.dropout, batch_first=True
+        )
         self.ff = FeedForward(c.d_model, c.d_ff, dropout=c.dropout)
         self.drop = nn.Dropout(c.dropout)
         self.cross_weights = None
@@ -121,11 +126,20 @@ class DecoderLayer(nn.Module):
         t = y.size(1)
         causal = torch.ones(t, t, dtype=torch.bool, device=y.device).triu(1)  # True = blocked
         h = self.ln1(y)
-        y = y + self.drop(self.self_attn(h, h, h, attn_mask=causal, key_padding_mask=tgt_pad_mask,
-                                         need_weights=False)[0])
+        y = y + self.drop(
+            self.self_attn(
+                h, h, h, attn_mask=causal, key_padding_mask=tgt_pad_mask, need_weights=False
+            )[0]
+        )
         h = self.ln2(y)
-        out, w = self.cross_attn(h, memory, memory, key_padding_mask=src_pad_mask, need_weights=True,
-                                 average_attn_weights=False)
+        out, w = self.cross_attn(
+            h,
+            memory,
+            memory,
+            key_padding_mask=src_pad_mask,
+            need_weights=True,
+            average_attn_weights=False,
+        )
         self.cross_weights = w.detach()
         y = y + self.drop(out)
         return y + self.ff(self.ln3(y))
@@ -151,7 +165,9 @@ class Seq2SeqTransformer(nn.Module):
 
     def _embed(self, emb, ids):
         if ids.size(1) > self.config.max_len:
-            raise ValueError(f"sequence of {ids.size(1)} tokens is longer than max_len={self.config.max_len}")
+            raise ValueError(
+                f"sequence of {ids.size(1)} tokens is longer than max_len={self.config.max_len}"
+            )
         return self.drop(emb(ids) * math.sqrt(self.config.d_model) + self.pos[: ids.size(1)])
 
     def encode(self, src):
@@ -177,7 +193,9 @@ class Seq2SeqTransformer(nn.Module):
     def loss(self, src, tgt):
         """Teacher-forced cross-entropy; ``tgt`` (B, T) = <bos> y_1 .. y_n <eos> <pad>..."""
         logits = self(src, tgt[:, :-1])
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt[:, 1:].reshape(-1), ignore_index=0)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), tgt[:, 1:].reshape(-1), ignore_index=0
+        )
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -190,8 +208,18 @@ def make_batch(pairs, src_vocab: Vocab, tgt_vocab: Vocab):
     return src, tgt
 
 
-def train_seq2seq(model, pairs, src_vocab: Vocab, tgt_vocab: Vocab, steps: int = 600, batch_size: int = 64,
-                  lr: float = 3e-3, warmup: int = 50, seed: int = 0, device="cpu") -> list[float]:
+def train_seq2seq(
+    model,
+    pairs,
+    src_vocab: Vocab,
+    tgt_vocab: Vocab,
+    steps: int = 600,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    warmup: int = 50,
+    seed: int = 0,
+    device="cpu",
+) -> list[float]:
     """Train with AdamW and a warmup-cosine schedule on random mini-batches; returns losses per step.
 
     Explained in chapter 19.
@@ -201,7 +229,11 @@ def train_seq2seq(model, pairs, src_vocab: Vocab, tgt_vocab: Vocab, steps: int =
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        ),
+    )
     losses = []
     for _ in range(steps):
         idx = torch.randint(len(pairs), (batch_size,), generator=g).tolist()
@@ -213,7 +245,9 @@ def train_seq2seq(model, pairs, src_vocab: Vocab, tgt_vocab: Vocab, steps: int =
 
 
 @torch.no_grad()
-def greedy_decode(model, src: torch.Tensor, max_len: int = 16, bos_id: int = 1, eos_id: int = 2) -> list[list[int]]:
+def greedy_decode(
+    model, src: torch.Tensor, max_len: int = 16, bos_id: int = 1, eos_id: int = 2
+) -> list[list[int]]:
     """Greedy decoding of a batch src (B, S): at each step the most likely next token.
 
     Returns one list of ids per source (without <bos>, cut at <eos>). Explained in chapter 19.
@@ -236,8 +270,15 @@ def greedy_decode(model, src: torch.Tensor, max_len: int = 16, bos_id: int = 1, 
 
 
 @torch.no_grad()
-def beam_decode(model, src: torch.Tensor, beam_size: int = 4, max_len: int = 16, bos_id: int = 1, eos_id: int = 2,
-                length_penalty: float = 1.0) -> tuple[list[int], float]:
+def beam_decode(
+    model,
+    src: torch.Tensor,
+    beam_size: int = 4,
+    max_len: int = 16,
+    bos_id: int = 1,
+    eos_id: int = 2,
+    length_penalty: float = 1.0,
+) -> tuple[list[int], float]:
     """Beam search for ONE source src (1, S): keep the ``beam_size`` best prefixes by log-probability.
 
     Finished hypotheses are ranked by log p / len**length_penalty. Returns (ids, score).
@@ -264,31 +305,46 @@ def beam_decode(model, src: torch.Tensor, beam_size: int = 4, max_len: int = 16,
             if len(new) == beam_size:
                 break
         beams = new
-        if not beams or (len(finished) >= beam_size and max(f[1] for f in finished) >= max(
-                s / (len(q) - 1) ** length_penalty for q, s in beams)):
+        if not beams or (
+            len(finished) >= beam_size
+            and max(f[1] for f in finished)
+            >= max(s / (len(q) - 1) ** length_penalty for q, s in beams)
+        ):
             break
     if not finished:
         finished = [(q[1:], s / max(1, len(q) - 1) ** length_penalty) for q, s in beams]
     return max(finished, key=lambda f: f[1])
 
 
-def translate(model, sources: list[str], src_vocab: Vocab, tgt_vocab: Vocab, beam_size: int = 1,
-              max_len: int = 16, batch_size: int = 256, device="cpu") -> list[str]:
+def translate(
+    model,
+    sources: list[str],
+    src_vocab: Vocab,
+    tgt_vocab: Vocab,
+    beam_size: int = 1,
+    max_len: int = 16,
+    batch_size: int = 256,
+    device="cpu",
+) -> list[str]:
     """Translate a list of strings; beam_size 1 is greedy (batched). Explained in chapter 19."""
     out = []
     if beam_size == 1:
         for i in range(0, len(sources), batch_size):
-            src = pad_batch([src_vocab.encode(s) for s in sources[i:i + batch_size]]).to(device)
+            src = pad_batch([src_vocab.encode(s) for s in sources[i : i + batch_size]]).to(device)
             out += [tgt_vocab.decode(ids) for ids in greedy_decode(model, src, max_len)]
     else:
         for s in sources:
-            ids, _ = beam_decode(model, torch.tensor([src_vocab.encode(s)], device=device), beam_size, max_len)
+            ids, _ = beam_decode(
+                model, torch.tensor([src_vocab.encode(s)], device=device), beam_size, max_len
+            )
             out.append(tgt_vocab.decode(ids))
     return out
 
 
 @torch.no_grad()
-def cross_attention(model, source: str, target: str, src_vocab: Vocab, tgt_vocab: Vocab) -> torch.Tensor:
+def cross_attention(
+    model, source: str, target: str, src_vocab: Vocab, tgt_vocab: Vocab
+) -> torch.Tensor:
     """Cross-attention weights while reading ``target`` (teacher forced): (n_dec, H, T, S).
 
     Row t is the attention of the step that predicts target token t (the last row predicts <eos>);
@@ -318,8 +374,8 @@ def bleu_from_scratch(hyps: list[list[str]], refs: list[list[str]], max_n: int =
     for h, ref in zip(hyps, refs):
         c, r = c + len(h), r + len(ref)
         for n in range(1, max_n + 1):
-            hc = Counter(tuple(h[i:i + n]) for i in range(len(h) - n + 1))
-            rc = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
+            hc = Counter(tuple(h[i : i + n]) for i in range(len(h) - n + 1))
+            rc = Counter(tuple(ref[i : i + n]) for i in range(len(ref) - n + 1))
             match[n - 1] += sum(min(v, rc[g]) for g, v in hc.items())
             total[n - 1] += max(len(h) - n + 1, 0)
     if c == 0 or min(match) == 0:

@@ -6,6 +6,7 @@ sentence embeddings; or those most central in the graph of sentence similarities
 PageRank over cosine similarities). Summaries are scored against a written reference with ROUGE
 (the ``rouge-score`` package), re-derived from scratch in :func:`rouge_n`.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,7 +43,9 @@ def centroid_scores(embeddings: torch.Tensor) -> torch.Tensor:
     return e @ c
 
 
-def textrank_scores(embeddings: torch.Tensor, damping: float = 0.85, iters: int = 100, tol: float = 1e-8) -> torch.Tensor:
+def textrank_scores(
+    embeddings: torch.Tensor, damping: float = 0.85, iters: int = 100, tol: float = 1e-8
+) -> torch.Tensor:
     """TextRank: PageRank over the sentence-similarity graph; (N, d) -> (N,) summing to 1. Chapter 23.
 
     Edge weights are the cosine similarities clipped at 0, with no self-loops; each row is
@@ -73,7 +76,12 @@ def select_top(scores: torch.Tensor, k: int) -> list[int]:
     return sorted(int(i) for i in order)
 
 
-def summarize(sentences: list[str], k: int = 2, method: str = "centroid", embeddings: torch.Tensor | None = None) -> list[int]:
+def summarize(
+    sentences: list[str],
+    k: int = 2,
+    method: str = "centroid",
+    embeddings: torch.Tensor | None = None,
+) -> list[int]:
     """Pick k sentences by ``method`` in {"lead", "centroid", "textrank"}; indices in text order.
 
     ``embeddings`` (N, d) are needed for centroid and TextRank (e.g. from
@@ -113,7 +121,9 @@ def rouge_n(prediction: str, reference: str, n: int = 1) -> dict[str, float]:
     return {"precision": precision, "recall": recall, "fmeasure": f1}
 
 
-def rouge(prediction: str, reference: str, types=("rouge1", "rouge2", "rougeL"), use_stemmer: bool = True) -> dict[str, float]:
+def rouge(
+    prediction: str, reference: str, types=("rouge1", "rouge2", "rougeL"), use_stemmer: bool = True
+) -> dict[str, float]:
     """ROUGE F1 of a summary against one reference, by the ``rouge-score`` package. Chapter 23."""
     from rouge_score import rouge_scorer
 

@@ -8,6 +8,7 @@ Three corpora need no download:
 
 Named hub datasets are loaded only when the caller asks (``load_hub_text``) and has internet.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,9 @@ def _book_documents() -> dict[str, str]:
         docs[p.name] = p.read_text(encoding="utf-8")
     for p in sorted(book.glob("*.ipynb")):
         cells = json.loads(p.read_text(encoding="utf-8"))["cells"]
-        docs[p.name] = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        docs[p.name] = "\n\n".join(
+            "".join(c["source"]) for c in cells if c["cell_type"] == "markdown"
+        )
     return docs
 
 
@@ -64,7 +67,9 @@ def load_corpus(name: str) -> str:
     return "\n".join(corpus_documents(name).values())
 
 
-def split_text(text: str, val_fraction: float = 0.05, test_fraction: float = 0.05) -> dict[str, str]:
+def split_text(
+    text: str, val_fraction: float = 0.05, test_fraction: float = 0.05
+) -> dict[str, str]:
     """Deterministic contiguous split into train / val / test (the last parts go to val and test).
 
     A contiguous split keeps neighbouring sentences from leaking across splits, which a random
@@ -78,7 +83,9 @@ def split_text(text: str, val_fraction: float = 0.05, test_fraction: float = 0.0
     return {"train": text[:a], "val": text[a:b], "test": text[b:]}
 
 
-def load_splits(name: str, val_fraction: float = 0.05, test_fraction: float = 0.05) -> dict[str, str]:
+def load_splits(
+    name: str, val_fraction: float = 0.05, test_fraction: float = 0.05
+) -> dict[str, str]:
     """``split_text(load_corpus(name))``: the train / val / test text of an offline corpus."""
     return split_text(load_corpus(name), val_fraction, test_fraction)
 
@@ -94,7 +101,9 @@ def load_text_dataset(paths, split: str = "train"):
     return load_dataset("text", data_files={split: paths}, split=split)
 
 
-def load_hub_text(name: str, config: str | None = None, split: str = "train", text_field: str = "text"):
+def load_hub_text(
+    name: str, config: str | None = None, split: str = "train", text_field: str = "text"
+):
     """Load a named hub dataset (needs internet; never used by the offline defaults or CI).
 
     Returns the list of strings in ``text_field``.

@@ -1,4 +1,5 @@
 """From token ids to training batches. Explained in chapter 8."""
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,9 @@ def pack_blocks(ids: torch.Tensor, block_size: int) -> torch.Tensor:
     return torch.stack([ids[i * block_size : i * block_size + block_size + 1] for i in range(n)])
 
 
-def random_batch(ids: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None):
+def random_batch(
+    ids: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None
+):
     """Sample batch_size random windows: x (B, block_size) and targets y = x shifted by one."""
     if len(ids) <= block_size:
         raise ValueError(f"need more than block_size={block_size} tokens, got {len(ids)}")

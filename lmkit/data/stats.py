@@ -3,6 +3,7 @@
 All functions take plain Python sequences (tokens as strings or ids) and return plain numbers or
 NumPy arrays, so that they work with any tokenizer.
 """
+
 from __future__ import annotations
 
 from collections import Counter

@@ -6,13 +6,33 @@ e.g. ``"three hundred and twelve" -> "三百一十二"``. It has the shape of re
 enough to learn in seconds on a CPU, and every reference translation is exactly right.
 Explained in chapter 19.
 """
+
 from __future__ import annotations
 
 import random
 
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-         "nineteen"]
+_ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
 _TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _ZH_DIGITS = "零一二三四五六七八九"
 
@@ -76,8 +96,9 @@ def number_pairs(max_value: int = 999, min_value: int = 1) -> list[tuple[str, st
     return [(english_number(n), chinese_number(n)) for n in range(min_value, max_value + 1)]
 
 
-def number_translation_splits(max_value: int = 999, seed: int = 0, val_fraction: float = 0.1,
-                              test_fraction: float = 0.2) -> dict[str, list[tuple[str, str]]]:
+def number_translation_splits(
+    max_value: int = 999, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2
+) -> dict[str, list[tuple[str, str]]]:
     """Deterministic random split of :func:`number_pairs` into ``train`` / ``val`` / ``test``.
 
     The split is over numbers, so no test number is ever seen in training: a model has to learn
@@ -92,6 +113,9 @@ def number_translation_splits(max_value: int = 999, seed: int = 0, val_fraction:
     n_test = int(round(len(pairs) * test_fraction))
     n_val = int(round(len(pairs) * val_fraction))
     test = sorted(order[:n_test])
-    val = sorted(order[n_test:n_test + n_val])
-    train = sorted(order[n_test + n_val:])
-    return {name: [pairs[i] for i in idx] for name, idx in (("train", train), ("val", val), ("test", test))}
+    val = sorted(order[n_test : n_test + n_val])
+    train = sorted(order[n_test + n_val :])
+    return {
+        name: [pairs[i] for i in idx]
+        for name, idx in (("train", train), ("val", val), ("test", test))
+    }

@@ -4,6 +4,7 @@ Explained in chapter 2. Every tokenizer has ``encode(str) -> list[int]``, ``deco
 str``, ``vocab_size``, ``save(dir)`` and a matching ``load(dir)``; :func:`load_tokenizer` reads
 any of them back from a directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ class CharTokenizer:
         self.stoi = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def from_text(cls, text: str, unk: str | None = None) -> "CharTokenizer":
+    def from_text(cls, text: str, unk: str | None = None) -> CharTokenizer:
         return cls(set(text), unk)
 
     @property
@@ -56,11 +57,12 @@ class CharTokenizer:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         (d / "tokenizer.json").write_text(
-            json.dumps({"kind": "char", "chars": self.chars, "unk": self.unk}, ensure_ascii=False), encoding="utf-8"
+            json.dumps({"kind": "char", "chars": self.chars, "unk": self.unk}, ensure_ascii=False),
+            encoding="utf-8",
         )
 
     @classmethod
-    def load(cls, directory) -> "CharTokenizer":
+    def load(cls, directory) -> CharTokenizer:
         spec = json.loads((Path(directory) / "tokenizer.json").read_text(encoding="utf-8"))
         return cls(spec["chars"], spec.get("unk"))
 
@@ -74,7 +76,7 @@ class BPETokenizer:
         self.tk = tokenizer
 
     @classmethod
-    def train(cls, texts, vocab_size: int = 2048, min_frequency: int = 2) -> "BPETokenizer":
+    def train(cls, texts, vocab_size: int = 2048, min_frequency: int = 2) -> BPETokenizer:
         """Learn merges from an iterable of strings. Chapter 2."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -110,7 +112,7 @@ class BPETokenizer:
         self.tk.save(str(d / "tokenizer.json"))
 
     @classmethod
-    def load(cls, directory) -> "BPETokenizer":
+    def load(cls, directory) -> BPETokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_file(str(Path(directory) / "tokenizer.json")))
@@ -122,7 +124,11 @@ def load_tokenizer(directory):
     if not path.exists():
         raise FileNotFoundError(f"no tokenizer.json in {directory}")
     spec = json.loads(path.read_text(encoding="utf-8"))
-    return CharTokenizer.load(directory) if spec.get("kind") == "char" else BPETokenizer.load(directory)
+    return (
+        CharTokenizer.load(directory)
+        if spec.get("kind") == "char"
+        else BPETokenizer.load(directory)
+    )
 
 
 def encoder_tokenizer():

@@ -41,6 +41,7 @@ def weat(X, Y, A, B, n_perm: int = 10_000, seed: int = 0) -> dict:
     effect = (sx.mean() - sy.mean()) / s.std(ddof=1)
     total = s.sum()
     from math import comb
+
     if comb(len(s), nx) <= n_perm:
         perms = [np.array(c) for c in itertools.combinations(range(len(s)), nx)]
     else:
@@ -51,8 +52,9 @@ def weat(X, Y, A, B, n_perm: int = 10_000, seed: int = 0) -> dict:
     return {"statistic": float(stat), "effect_size": float(effect), "p_value": p_value}
 
 
-def counterfactual_test(predict_proba, templates: list[str], groups: dict[str, list[str]],
-                        slot: str = "{name}") -> dict:
+def counterfactual_test(
+    predict_proba, templates: list[str], groups: dict[str, list[str]], slot: str = "{name}"
+) -> dict:
     """Fill each template's slot with every word of every group and compare the predictions.
 
     predict_proba(list[str]) -> (n,) probability of the positive class. Returns
@@ -63,8 +65,14 @@ def counterfactual_test(predict_proba, templates: list[str], groups: dict[str, l
     names = [(g, n) for g, ns in groups.items() for n in ns]
     sents = [t.replace(slot, n) for t in templates for _, n in names]
     p = np.asarray(predict_proba(sents), dtype=np.float64).reshape(len(templates), len(names))
-    mean = {g: float(p[:, [i for i, (gg, _) in enumerate(names) if gg == g]].mean()) for g in groups}
+    mean = {
+        g: float(p[:, [i for i, (gg, _) in enumerate(names) if gg == g]].mean()) for g in groups
+    }
     labels = p > 0.5
     flips = (labels.any(1) & ~labels.all(1)).mean()
-    return {"mean": mean, "gap": max(mean.values()) - min(mean.values()),
-            "flip_rate": float(flips), "max_change": float((p.max(1) - p.min(1)).max())}
+    return {
+        "mean": mean,
+        "gap": max(mean.values()) - min(mean.values()),
+        "flip_rate": float(flips),
+        "max_change": float((p.max(1) - p.min(1)).max()),
+    }

@@ -13,8 +13,15 @@ import torch.nn.functional as F
 from lmkit.nn import device_of
 
 __all__ = [
-    "load_digits_tensor", "VAE", "vae_loss", "gaussian_kl", "train_vae",
-    "Generator", "Discriminator", "train_gan", "interpolate",
+    "load_digits_tensor",
+    "VAE",
+    "vae_loss",
+    "gaussian_kl",
+    "train_vae",
+    "Generator",
+    "Discriminator",
+    "train_gan",
+    "interpolate",
 ]
 
 
@@ -95,8 +102,16 @@ def vae_loss(logits, x, mu, logvar, beta: float = 1.0):
     return recon + beta * kl, recon, kl
 
 
-def train_vae(model: VAE, x: torch.Tensor, steps: int = 1500, batch_size: int = 128,
-              lr: float = 2e-3, beta: float = 1.0, seed: int = 0, log_every: int = 100) -> list[dict]:
+def train_vae(
+    model: VAE,
+    x: torch.Tensor,
+    steps: int = 1500,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    beta: float = 1.0,
+    seed: int = 0,
+    log_every: int = 100,
+) -> list[dict]:
     """Train a VAE with Adam on x (N, 64); returns a history of {step, loss, recon, kl}.
 
     Explained in chapter 28.
@@ -132,8 +147,10 @@ class Generator(nn.Module):
         super().__init__()
         self.latent = latent
         self.net = nn.Sequential(
-            nn.Linear(latent, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(latent, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
             nn.Linear(hidden, n_out),
         )
 
@@ -153,8 +170,10 @@ class Discriminator(nn.Module):
     def __init__(self, n_in: int = 64, hidden: int = 128):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(n_in, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(n_in, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
             nn.Linear(hidden, 1),
         )
 
@@ -162,9 +181,16 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(-1)
 
 
-def train_gan(gen: Generator, disc: Discriminator, x: torch.Tensor, steps: int = 2000,
-              batch_size: int = 128, lr: float = 2e-4, seed: int = 0,
-              log_every: int = 100) -> list[dict]:
+def train_gan(
+    gen: Generator,
+    disc: Discriminator,
+    x: torch.Tensor,
+    steps: int = 2000,
+    batch_size: int = 128,
+    lr: float = 2e-4,
+    seed: int = 0,
+    log_every: int = 100,
+) -> list[dict]:
     """Train a GAN with the non-saturating generator loss (Goodfellow et al. 2014).
 
     Each step: one discriminator update on a real and a fake batch, then one generator update.
@@ -187,20 +213,27 @@ def train_gan(gen: Generator, disc: Discriminator, x: torch.Tensor, steps: int =
         fake = gen(z)
         lr_ = disc(real)
         lf_ = disc(fake.detach())
-        d_loss = (F.binary_cross_entropy_with_logits(lr_, ones)
-                  + F.binary_cross_entropy_with_logits(lf_, zeros))
+        d_loss = F.binary_cross_entropy_with_logits(lr_, ones) + F.binary_cross_entropy_with_logits(
+            lf_, zeros
+        )
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         lg = disc(fake)
-        g_loss = F.binary_cross_entropy_with_logits(lg, ones)   # non-saturating: max log D(G(z))
+        g_loss = F.binary_cross_entropy_with_logits(lg, ones)  # non-saturating: max log D(G(z))
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
         if step % log_every == 0 or step == steps:
-            hist.append({"step": step, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                         "d_real": torch.sigmoid(lr_).mean().item(),
-                         "d_fake": torch.sigmoid(lf_).mean().item()})
+            hist.append(
+                {
+                    "step": step,
+                    "d_loss": d_loss.item(),
+                    "g_loss": g_loss.item(),
+                    "d_real": torch.sigmoid(lr_).mean().item(),
+                    "d_fake": torch.sigmoid(lf_).mean().item(),
+                }
+            )
     return hist
 
 

@@ -13,6 +13,7 @@ Each demonstration is ONE token, ``pair(x, y) = x * S + y`` (ids 0 .. S*S - 1), 
 that token and copying its ``y`` -- a single attention lookup, which a one-layer GPT learns on a CPU
 in seconds (S = 6, one layer, two heads, 800 steps of 128 prompts: chapter 24). The answer is read from the logits of ids 0..S-1 at the last position (S classes).
 """
+
 from __future__ import annotations
 
 import math
@@ -73,12 +74,26 @@ def render(tokens, n_symbols: int = 8) -> str:
     return " ".join(parts)
 
 
-def make_model(n_symbols: int = 6, max_k: int = 16, n_layer: int = 1, n_head: int = 2, n_embd: int = 64,
-               seed: int = 0) -> GPT:
+def make_model(
+    n_symbols: int = 6,
+    max_k: int = 16,
+    n_layer: int = 1,
+    n_head: int = 2,
+    n_embd: int = 64,
+    seed: int = 0,
+) -> GPT:
     """A small GPT for associative recall: vocab S*S + S, block max_k + 1. Explained in chapter 24."""
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=vocab_size(n_symbols), block_size=max_k + 1, n_layer=n_layer,
-                         n_head=n_head, n_embd=n_embd, dropout=0.0))
+    return GPT(
+        GPTConfig(
+            vocab_size=vocab_size(n_symbols),
+            block_size=max_k + 1,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            dropout=0.0,
+        )
+    )
 
 
 def answer_logits(model: GPT, tokens: torch.Tensor, n_symbols: int) -> torch.Tensor:
@@ -87,8 +102,16 @@ def answer_logits(model: GPT, tokens: torch.Tensor, n_symbols: int) -> torch.Ten
     return logits[:, -1, :n_symbols]
 
 
-def train_icl(model: GPT, steps: int = 600, batch_size: int = 128, max_k: int = 16, n_symbols: int = 8,
-              lr: float = 3e-3, seed: int = 0, device="cpu") -> list[float]:
+def train_icl(
+    model: GPT,
+    steps: int = 600,
+    batch_size: int = 128,
+    max_k: int = 16,
+    n_symbols: int = 8,
+    lr: float = 3e-3,
+    seed: int = 0,
+    device="cpu",
+) -> list[float]:
     """Train on freshly drawn prompts (k uniform in 1..max_k per step), AdamW with one-cycle schedule.
 
     Returns the cross-entropy (nats) of each step; chance is ln S. Explained in chapter 24.
@@ -114,8 +137,15 @@ def train_icl(model: GPT, steps: int = 600, batch_size: int = 128, max_k: int = 
 
 
 @torch.no_grad()
-def accuracy_by_k(model: GPT, ks, n_seq: int = 512, n_symbols: int = 8, seed: int = 1, control: bool = False,
-                  device="cpu") -> dict:
+def accuracy_by_k(
+    model: GPT,
+    ks,
+    n_seq: int = 512,
+    n_symbols: int = 8,
+    seed: int = 1,
+    control: bool = False,
+    device="cpu",
+) -> dict:
     """Accuracy on fresh prompts for each number of demonstrations k in ``ks``.
 
     With ``control=True`` every prompt's demonstrations come from another prompt (another map), so

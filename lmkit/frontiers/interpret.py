@@ -9,8 +9,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["logit_lens", "logit_lens_stats", "residual_features", "probe_layers",
-           "attention_entropy", "previous_token_score", "char_class"]
+__all__ = [
+    "logit_lens",
+    "logit_lens_stats",
+    "residual_features",
+    "probe_layers",
+    "attention_entropy",
+    "previous_token_score",
+    "char_class",
+]
 
 
 @torch.no_grad()
@@ -32,7 +39,7 @@ def logit_lens_stats(model, idx: torch.Tensor) -> list[dict]:
     idx (B, T): predictions at positions 0..T-2 are scored against idx[:, 1:]. Returns a list of
     L+1 dicts {layer, loss, acc, agree_final, kl_final}. Explained in chapter 29.
     """
-    lens = logit_lens(model, idx)[:, :, :-1]            # (L+1, B, T-1, V)
+    lens = logit_lens(model, idx)[:, :, :-1]  # (L+1, B, T-1, V)
     target = idx[:, 1:]
     final = lens[-1].log_softmax(-1)
     out = []
@@ -40,13 +47,15 @@ def logit_lens_stats(model, idx: torch.Tensor) -> list[dict]:
         logp = lg.log_softmax(-1)
         loss = F.nll_loss(logp.reshape(-1, logp.shape[-1]), target.reshape(-1)).item()
         pred = logp.argmax(-1)
-        out.append({
-            "layer": layer,
-            "loss": loss,
-            "acc": (pred == target).float().mean().item(),
-            "agree_final": (pred == final.argmax(-1)).float().mean().item(),
-            "kl_final": (final.exp() * (final - logp)).sum(-1).mean().item(),
-        })
+        out.append(
+            {
+                "layer": layer,
+                "loss": loss,
+                "acc": (pred == target).float().mean().item(),
+                "agree_final": (pred == final.argmax(-1)).float().mean().item(),
+                "kl_final": (final.exp() * (final - logp)).sum(-1).mean().item(),
+            }
+        )
     return out
 
 
@@ -57,8 +66,14 @@ def residual_features(model, idx: torch.Tensor) -> torch.Tensor:
     return torch.stack([h.reshape(-1, h.shape[-1]).float().cpu() for h in states])
 
 
-def probe_layers(features: torch.Tensor, labels, train_frac: float = 0.7, seed: int = 0,
-                 C: float = 1.0, max_iter: int = 1000) -> list[dict]:
+def probe_layers(
+    features: torch.Tensor,
+    labels,
+    train_frac: float = 0.7,
+    seed: int = 0,
+    C: float = 1.0,
+    max_iter: int = 1000,
+) -> list[dict]:
     """Fit one logistic-regression **linear probe** per layer and report held-out accuracy.
 
     features (L+1, N, C) from :func:`residual_features`; labels (N,) integers. Returns a list of
@@ -80,10 +95,14 @@ def probe_layers(features: torch.Tensor, labels, train_frac: float = 0.7, seed: 
         x = features[layer].numpy()
         sc = StandardScaler().fit(x[tr])
         clf = LogisticRegression(C=C, max_iter=max_iter).fit(sc.transform(x[tr]), labels[tr])
-        out.append({"layer": layer,
-                    "train_acc": float(clf.score(sc.transform(x[tr]), labels[tr])),
-                    "test_acc": float(clf.score(sc.transform(x[te]), labels[te])),
-                    "majority": majority})
+        out.append(
+            {
+                "layer": layer,
+                "train_acc": float(clf.score(sc.transform(x[tr]), labels[tr])),
+                "test_acc": float(clf.score(sc.transform(x[te]), labels[te])),
+                "majority": majority,
+            }
+        )
     return out
 
 
@@ -107,7 +126,7 @@ def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
     Low entropy = a focused head; log(t+1) at row t = uniform attention. Explained in chapter 29.
     """
     p = maps.clamp_min(1e-12)
-    ent = -(maps * p.log()).sum(-1)                  # (L, B, H, T)
+    ent = -(maps * p.log()).sum(-1)  # (L, B, H, T)
     return ent.mean(dim=(1, 3))
 
 
@@ -116,5 +135,5 @@ def previous_token_score(maps: torch.Tensor) -> torch.Tensor:
 
     Rows 1..T-1 of the sub-diagonal; 1.0 = a pure previous-token head. Explained in chapter 29.
     """
-    sub = torch.diagonal(maps, offset=-1, dim1=-2, dim2=-1)   # (L, B, H, T-1)
+    sub = torch.diagonal(maps, offset=-1, dim1=-2, dim2=-1)  # (L, B, H, T-1)
     return sub.mean(dim=(1, 3))

@@ -16,8 +16,18 @@ import torch.nn.functional as F
 
 from lmkit.nn import device_of
 
-__all__ = ["plant_canary", "sequence_nll", "exposure", "canary_exposure", "mlp_classifier",
-           "train_classifier", "dp_train_classifier", "accuracy", "label_skew_split", "fedavg"]
+__all__ = [
+    "plant_canary",
+    "sequence_nll",
+    "exposure",
+    "canary_exposure",
+    "mlp_classifier",
+    "train_classifier",
+    "dp_train_classifier",
+    "accuracy",
+    "label_skew_split",
+    "fedavg",
+]
 
 
 def plant_canary(text: str, canary: str, repeats: int, seed: int = 0) -> str:
@@ -43,11 +53,11 @@ def sequence_nll(model, ids: torch.Tensor, start: int, batch_size: int = 1024) -
     out = []
     dev = device_of(model)
     for i in range(0, ids.shape[0], batch_size):
-        x = ids[i:i + batch_size].to(dev)
+        x = ids[i : i + batch_size].to(dev)
         logits, _ = model(x[:, :-1])
         logp = logits.float().log_softmax(-1)
-        tok = logp.gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1)        # (B, T-1)
-        out.append(-tok[:, start - 1:].sum(-1).cpu())
+        tok = logp.gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
+        out.append(-tok[:, start - 1 :].sum(-1).cpu())
     return torch.cat(out)
 
 
@@ -66,7 +76,7 @@ def canary_exposure(model, tokenizer, prefix: str, secret: str, n_digits: int) -
 
     Returns {rank, exposure, canary_nll, median_nll}. Explained in chapter 27.
     """
-    cands = [f"{i:0{n_digits}d}" for i in range(10 ** n_digits)]
+    cands = [f"{i:0{n_digits}d}" for i in range(10**n_digits)]
     p = tokenizer.encode(prefix)
     ids = torch.tensor([p + tokenizer.encode(c) for c in cands])
     nll = sequence_nll(model, ids, start=len(p))
@@ -87,8 +97,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (model(x).argmax(-1) == y).float().mean().item()
 
 
-def train_classifier(model, x, y, epochs: int = 20, batch_size: int = 64, lr: float = 0.05,
-                     seed: int = 0) -> nn.Module:
+def train_classifier(
+    model, x, y, epochs: int = 20, batch_size: int = 64, lr: float = 0.05, seed: int = 0
+) -> nn.Module:
     """Plain SGD training (the non-private baseline of DP-SGD). Explained in chapter 27."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -96,7 +107,7 @@ def train_classifier(model, x, y, epochs: int = 20, batch_size: int = 64, lr: fl
     for _ in range(epochs):
         perm = torch.randperm(x.shape[0], generator=g)
         for i in range(0, x.shape[0], batch_size):
-            b = perm[i:i + batch_size]
+            b = perm[i : i + batch_size]
             loss = F.cross_entropy(model(x[b]), y[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -104,9 +115,18 @@ def train_classifier(model, x, y, epochs: int = 20, batch_size: int = 64, lr: fl
     return model
 
 
-def dp_train_classifier(model, x, y, target_epsilon: float, delta: float = 1e-5, epochs: int = 20,
-                        batch_size: int = 64, lr: float = 0.05, max_grad_norm: float = 1.0,
-                        seed: int = 0) -> tuple[nn.Module, float, float]:
+def dp_train_classifier(
+    model,
+    x,
+    y,
+    target_epsilon: float,
+    delta: float = 1e-5,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    max_grad_norm: float = 1.0,
+    seed: int = 0,
+) -> tuple[nn.Module, float, float]:
     """DP-SGD with Opacus (Abadi et al. 2016) to a target (epsilon, delta).
 
     Per-example gradients are clipped to ``max_grad_norm`` and Gaussian noise is added with the
@@ -123,11 +143,17 @@ def dp_train_classifier(model, x, y, target_epsilon: float, delta: float = 1e-5,
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=g)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # Opacus warns that secure_mode (a CSPRNG) is off
+        warnings.simplefilter("ignore")  # Opacus warns that secure_mode (a CSPRNG) is off
         engine = PrivacyEngine(accountant="rdp", secure_mode=False)
         model, opt, loader = engine.make_private_with_epsilon(
-            module=model, optimizer=opt, data_loader=loader, epochs=epochs,
-            target_epsilon=target_epsilon, target_delta=delta, max_grad_norm=max_grad_norm)
+            module=model,
+            optimizer=opt,
+            data_loader=loader,
+            epochs=epochs,
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            max_grad_norm=max_grad_norm,
+        )
         model.train()
         for _ in range(epochs):
             for xb, yb in loader:
@@ -141,7 +167,9 @@ def dp_train_classifier(model, x, y, target_epsilon: float, delta: float = 1e-5,
     return model, float(opt.noise_multiplier), float(eps)
 
 
-def label_skew_split(y: np.ndarray, n_clients: int, classes_per_client: int, seed: int = 0) -> list[np.ndarray]:
+def label_skew_split(
+    y: np.ndarray, n_clients: int, classes_per_client: int, seed: int = 0
+) -> list[np.ndarray]:
     """Non-IID split: client k gets examples of ``classes_per_client`` labels (round robin).
 
     Returns one index array per client. Explained in chapter 27.
@@ -162,8 +190,18 @@ def label_skew_split(y: np.ndarray, n_clients: int, classes_per_client: int, see
     return [np.array(sorted(p), dtype=int) for p in parts]
 
 
-def fedavg(make_model, x, y, client_idx: list[np.ndarray], rounds: int = 20, local_epochs: int = 1,
-           lr: float = 0.05, batch_size: int = 32, seed: int = 0, eval_fn=None) -> tuple[nn.Module, list]:
+def fedavg(
+    make_model,
+    x,
+    y,
+    client_idx: list[np.ndarray],
+    rounds: int = 20,
+    local_epochs: int = 1,
+    lr: float = 0.05,
+    batch_size: int = 32,
+    seed: int = 0,
+    eval_fn=None,
+) -> tuple[nn.Module, list]:
     """Federated averaging (McMahan et al. 2017): local SGD on each client, then a weighted mean.
 
     make_model() builds a fresh model; x (N, d), y (N,); client_idx from :func:`label_skew_split`.
@@ -179,8 +217,15 @@ def fedavg(make_model, x, y, client_idx: list[np.ndarray], rounds: int = 20, loc
         for k, idx in enumerate(client_idx):
             local = copy.deepcopy(glob)
             ti = torch.as_tensor(idx)
-            train_classifier(local, x[ti], y[ti], epochs=local_epochs, batch_size=batch_size, lr=lr,
-                             seed=seed + 1000 * r + k)
+            train_classifier(
+                local,
+                x[ti],
+                y[ti],
+                epochs=local_epochs,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed + 1000 * r + k,
+            )
             states.append(local.state_dict())
         new = {n: sum(w * s[n] for w, s in zip(weights, states)) for n in states[0]}
         glob.load_state_dict(new)

@@ -9,6 +9,7 @@ arithmetic as ``GPT.forward(idx, cache=cache)`` as plain function calls (tested 
 Anything it does not recognise (a quantized or LoRA linear layer, a module with hooks, a block of
 another type) is still called as a module, so the step stays correct for every model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,7 +28,9 @@ def _as_function(module: nn.Module):
         return lambda x, w=module.weight, b=module.bias: F.linear(x, w, b)
     if type(module) is nn.LayerNorm:
         m = module
-        return lambda x, s=m.normalized_shape, w=m.weight, b=m.bias, eps=m.eps: F.layer_norm(x, s, w, b, eps)
+        return lambda x, s=m.normalized_shape, w=m.weight, b=m.bias, eps=m.eps: F.layer_norm(
+            x, s, w, b, eps
+        )
     return module
 
 
@@ -45,20 +48,38 @@ class DecodeStep:
     def __init__(self, model):
         self.model = model
         self.fused = (
-            isinstance(model, GPT) and _plain(model, type(model)) and _plain(model.transformer.wte, nn.Embedding)
-            and all(_plain(b, Block) and _plain(b.attn, CausalSelfAttention) and _plain(b.mlp, FeedForward)
-                    and b.mlp.activation == "gelu" for b in model.transformer.h)
+            isinstance(model, GPT)
+            and _plain(model, type(model))
+            and _plain(model.transformer.wte, nn.Embedding)
+            and all(
+                _plain(b, Block)
+                and _plain(b.attn, CausalSelfAttention)
+                and _plain(b.mlp, FeedForward)
+                and b.mlp.activation == "gelu"
+                for b in model.transformer.h
+            )
         )
         if not self.fused:  # e.g. a wrapper that counts calls: every step goes through it
             return
         c = model.config
         self.n_head, self.head_dim = c.n_head, c.n_embd // c.n_head
         t = model.transformer
-        self.wte, self.ln_f, self.lm_head = t.wte.weight, _as_function(t.ln_f), _as_function(model.lm_head)
+        self.wte, self.ln_f, self.lm_head = (
+            t.wte.weight,
+            _as_function(t.ln_f),
+            _as_function(model.lm_head),
+        )
         self.wpe = t.wpe.weight if c.pos_emb == "learned" else None
-        self.rope = rope_cache(c.block_size, self.head_dim, device=self.wte.device) if c.pos_emb == "rope" else None
+        self.rope = (
+            rope_cache(c.block_size, self.head_dim, device=self.wte.device)
+            if c.pos_emb == "rope"
+            else None
+        )
         self.layers = [
-            tuple(_as_function(m) for m in (b.ln_1, b.attn.c_attn, b.attn.c_proj, b.ln_2, b.mlp.fc, b.mlp.proj))
+            tuple(
+                _as_function(m)
+                for m in (b.ln_1, b.attn.c_attn, b.attn.c_proj, b.ln_2, b.mlp.fc, b.mlp.proj)
+            )
             for b in model.transformer.h
         ]
 
@@ -68,11 +89,17 @@ class DecodeStep:
             return self.model(idx, cache=cache)[0][:, -1]
         B, pos, H, hd = idx.size(0), cache.pos, self.n_head, self.head_dim
         if pos >= self.model.config.block_size:
-            raise ValueError(f"the KV cache is full ({pos} positions); start a new one from the last tokens")
+            raise ValueError(
+                f"the KV cache is full ({pos} positions); start a new one from the last tokens"
+            )
         x = self.wte[idx]  # (B, 1, C)
         if self.wpe is not None:
             x = x + self.wpe[pos]
-        rope = None if self.rope is None else (self.rope[0][pos : pos + 1], self.rope[1][pos : pos + 1])
+        rope = (
+            None
+            if self.rope is None
+            else (self.rope[0][pos : pos + 1], self.rope[1][pos : pos + 1])
+        )
         for layer, (ln_1, c_attn, c_proj, ln_2, fc, proj) in enumerate(self.layers):
             # (B, 1, 3C) -> q, k, v each (B, H, 1, hd)
             q, k, v = c_attn(ln_1(x)).view(B, 3, H, 1, hd).unbind(1)

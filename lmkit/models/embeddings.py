@@ -13,6 +13,7 @@ word-level corpus:
 and compares embeddings by their nearest neighbours (cosine similarity), analogies and the overlap of
 neighbour lists between two models (:func:`neighbor_overlap`).
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "tokenize_words", "Vocab", "build_vocab", "subsample", "skipgram_pairs", "SkipGramNS", "train_skipgram",
-    "cooccurrence_matrix", "train_glove", "normalize", "nearest_neighbors", "analogy", "neighbor_overlap",
+    "tokenize_words",
+    "Vocab",
+    "build_vocab",
+    "subsample",
+    "skipgram_pairs",
+    "SkipGramNS",
+    "train_skipgram",
+    "cooccurrence_matrix",
+    "train_glove",
+    "normalize",
+    "nearest_neighbors",
+    "analogy",
+    "neighbor_overlap",
 ]
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
@@ -107,9 +119,20 @@ class SkipGramNS(nn.Module):
         return self.v.weight.detach().cpu().numpy().copy()
 
 
-def train_skipgram(ids, counts, dim: int = 50, window: int = 2, negatives: int = 5, epochs: int = 3,
-                   batch_size: int = 1024, lr: float = 0.01, sample: float | None = 1e-3, seed: int = 0,
-                   optimizer: str = "adam", device: str = "cpu"):
+def train_skipgram(
+    ids,
+    counts,
+    dim: int = 50,
+    window: int = 2,
+    negatives: int = 5,
+    epochs: int = 3,
+    batch_size: int = 1024,
+    lr: float = 0.01,
+    sample: float | None = 1e-3,
+    seed: int = 0,
+    optimizer: str = "adam",
+    device: str = "cpu",
+):
     """Train :class:`SkipGramNS` on a corpus of word ids (N,) with frequencies ``counts`` (V,).
 
     Negatives are drawn from the unigram distribution raised to 3/4; frequent words are subsampled
@@ -128,7 +151,7 @@ def train_skipgram(ids, counts, dim: int = 50, window: int = 2, negatives: int =
         opt = torch.optim.SGD(model.parameters(), lr=lr)
     else:
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    noise = torch.tensor(counts ** 0.75 / (counts ** 0.75).sum(), dtype=torch.float)
+    noise = torch.tensor(counts**0.75 / (counts**0.75).sum(), dtype=torch.float)
     gen = torch.Generator().manual_seed(seed)
     losses = []
     for epoch in range(epochs):
@@ -139,11 +162,15 @@ def train_skipgram(ids, counts, dim: int = 50, window: int = 2, negatives: int =
         total, nb = 0.0, 0
         n_batches = (len(c) + batch_size - 1) // batch_size
         for bi, s in enumerate(range(0, len(c), batch_size)):
-            cb, ob = c[s:s + batch_size], o[s:s + batch_size]
-            neg = torch.multinomial(noise, len(cb) * negatives, replacement=True, generator=gen).view(len(cb), negatives)
+            cb, ob = c[s : s + batch_size], o[s : s + batch_size]
+            neg = torch.multinomial(
+                noise, len(cb) * negatives, replacement=True, generator=gen
+            ).view(len(cb), negatives)
             loss = model(cb.to(device), ob.to(device), neg.to(device))
             opt.zero_grad(set_to_none=True)
-            if optimizer == "sgd":  # word2vec: per-pair steps (sum of losses), lr decaying linearly to 0
+            if (
+                optimizer == "sgd"
+            ):  # word2vec: per-pair steps (sum of losses), lr decaying linearly to 0
                 for g in opt.param_groups:
                     g["lr"] = lr * max(1e-4, 1 - (epoch * n_batches + bi) / (epochs * n_batches))
                 (loss * len(cb)).backward()
@@ -156,7 +183,9 @@ def train_skipgram(ids, counts, dim: int = 50, window: int = 2, negatives: int =
     return model, losses
 
 
-def cooccurrence_matrix(ids, vocab_size: int, window: int = 5, distance_weighting: bool = True) -> np.ndarray:
+def cooccurrence_matrix(
+    ids, vocab_size: int, window: int = 5, distance_weighting: bool = True
+) -> np.ndarray:
     """Symmetric co-occurrence counts X (V, V): X[i, j] sums 1/d (or 1) over every pair of words
     i, j at distance d <= window (GloVe's weighting). Dense, so keep V to a few thousand."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -168,8 +197,16 @@ def cooccurrence_matrix(ids, vocab_size: int, window: int = 5, distance_weightin
     return X
 
 
-def train_glove(X: np.ndarray, dim: int = 50, epochs: int = 200, lr: float = 0.05, x_max: float = 100.0,
-                alpha: float = 0.75, seed: int = 0, device: str = "cpu"):
+def train_glove(
+    X: np.ndarray,
+    dim: int = 50,
+    epochs: int = 200,
+    lr: float = 0.05,
+    x_max: float = 100.0,
+    alpha: float = 0.75,
+    seed: int = 0,
+    device: str = "cpu",
+):
     """GloVe: minimise sum_{X_ij > 0} f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2 with full-batch
     Adam, f(x) = min(1, (x / x_max)^alpha). Returns (vectors W + W~ (V, d), per-epoch losses).
     Explained in chapter 2."""
@@ -202,7 +239,9 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(n, 1e-12)
 
 
-def nearest_neighbors(vectors: np.ndarray, vocab: Vocab, word: str, k: int = 5) -> list[tuple[str, float]]:
+def nearest_neighbors(
+    vectors: np.ndarray, vocab: Vocab, word: str, k: int = 5
+) -> list[tuple[str, float]]:
     """The k words with the highest cosine similarity to ``word`` (itself excluded)."""
     if word not in vocab:
         raise KeyError(f"{word!r} is not in the vocabulary")
@@ -213,7 +252,9 @@ def nearest_neighbors(vectors: np.ndarray, vocab: Vocab, word: str, k: int = 5) 
     return [(vocab.itos[t], float(sims[t])) for t in top]
 
 
-def analogy(vectors: np.ndarray, vocab: Vocab, a: str, b: str, c: str, k: int = 1) -> list[tuple[str, float]]:
+def analogy(
+    vectors: np.ndarray, vocab: Vocab, a: str, b: str, c: str, k: int = 1
+) -> list[tuple[str, float]]:
     """'a is to b as c is to ?': the words closest to b - a + c (3CosAdd), excluding a, b, c."""
     for w in (a, b, c):
         if w not in vocab:

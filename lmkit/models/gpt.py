@@ -4,6 +4,7 @@ Explained in chapter 9 (the model), chapter 12 (the KV cache) and chapter 5 (pos
 Module names follow Hugging Face's ``GPT2LMHeadModel`` so that weights convert both ways
 (:func:`lmkit.pretrained.to_hf_gpt2`, :func:`lmkit.pretrained.from_hf_gpt2`).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,9 @@ class GPTConfig:
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError("GPTConfig: RoPE needs an even head size (n_embd / n_head)")
         if self.attn_impl not in ("sdpa", "math"):
-            raise ValueError(f"GPTConfig.attn_impl must be 'sdpa' or 'math', got {self.attn_impl!r}")
+            raise ValueError(
+                f"GPTConfig.attn_impl must be 'sdpa' or 'math', got {self.attn_impl!r}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,7 +108,12 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, rope=None, cache=None, layer=0, keep_weights=False):
         B, T, C = x.shape
         # (B, T, 3C) -> 3 x (B, H, T, hd): splitting q, k, v and the heads is just a reshape.
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (
+            self.c_attn(x)
+            .view(B, T, 3, self.n_head, C // self.n_head)
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -134,7 +142,9 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = FeedForward(config.n_embd, 4 * config.n_embd, "gelu", config.bias, config.dropout)
+        self.mlp = FeedForward(
+            config.n_embd, 4 * config.n_embd, "gelu", config.bias, config.dropout
+        )
 
     def forward(self, x, rope=None, cache=None, layer=0, keep_weights=False):
         x = x + self.attn(self.ln_1(x), rope, cache, layer, keep_weights)
@@ -189,7 +199,10 @@ class GPT(nn.Module):
         """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B). Used for MFU, chapter 10."""
         c = self.config
         t = seq_len or c.block_size
-        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * t
+        return (
+            6 * self.num_params(non_embedding=True)
+            + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * t
+        )
 
     def hidden_states(self, idx, cache: KVCache | None = None, keep_weights: bool = False):
         """Residual stream after the embeddings and after every block: list of L+1 (B, T, C)."""
@@ -204,9 +217,13 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_emb == "learned":
-            x = x + self.transformer.wpe.weight[start : start + T]  # rows start..start+T-1 of the table
+            x = (
+                x + self.transformer.wpe.weight[start : start + T]
+            )  # rows start..start+T-1 of the table
         else:
-            cos, sin = rope_cache(start + T, self.config.n_embd // self.config.n_head, device=idx.device)
+            cos, sin = rope_cache(
+                start + T, self.config.n_embd // self.config.n_head, device=idx.device
+            )
             rope = (cos[start:], sin[start:])
         if self.training and self.config.dropout:
             x = F.dropout(x, self.config.dropout)
@@ -218,13 +235,17 @@ class GPT(nn.Module):
             cache.advance(T)
         return states
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ):
         """idx (B, T) long -> (logits (B, T, V), loss or None)."""
         x = self.hidden_states(idx, cache)[-1]
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            )
         return logits, loss
 
     @torch.no_grad()

@@ -12,6 +12,7 @@ useless on new text, so the probabilities are *smoothed* (平滑):
 
 Tokens are integers in ``[0, vocab_size)`` so the same class serves characters, words or BPE ids.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,9 @@ class NGramLM:
     every order keeps some probability mass for unseen tokens).
     """
 
-    def __init__(self, n: int = 3, smoothing: str = "kn", k: float = 1.0, discount: float | None = None):
+    def __init__(
+        self, n: int = 3, smoothing: str = "kn", k: float = 1.0, discount: float | None = None
+    ):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if smoothing not in ("kn", "add-k", "mle"):
@@ -52,7 +55,7 @@ class NGramLM:
         self.vocab_size = None
 
     # --- counting -------------------------------------------------------------------------
-    def fit(self, ids, vocab_size: int) -> "NGramLM":
+    def fit(self, ids, vocab_size: int) -> NGramLM:
         """Count every m-gram (m = 1..n) of the token sequence ``ids`` (list or 1-D array)."""
         ids = [int(i) for i in ids]
         if any(i < 0 or i >= vocab_size for i in ids):
@@ -67,7 +70,9 @@ class NGramLM:
         self.tables = [None]
         for m in range(1, n + 1):
             if self.smoothing == "kn" and m < n:
-                src = Counter(g[1:] for g in grams[m + 1])  # distinct left extensions of each m-gram
+                src = Counter(
+                    g[1:] for g in grams[m + 1]
+                )  # distinct left extensions of each m-gram
                 if len(ids) >= m:  # the start of the text counts as one more distinct left context
                     src[tuple(ids[:m])] += 1
             else:
@@ -89,7 +94,13 @@ class NGramLM:
             self.discounts.append(n1 / (n1 + 2 * n2) if n1 > 0 and n2 > 0 else 0.5)
         # vectorised tables for distribution(): context -> (token ids, counts) as arrays
         self._arrays = [None] + [
-            {h: (np.fromiter(d.keys(), dtype=np.int64), np.fromiter(d.values(), dtype=np.float64)) for h, d in t.items()}
+            {
+                h: (
+                    np.fromiter(d.keys(), dtype=np.int64),
+                    np.fromiter(d.values(), dtype=np.float64),
+                )
+                for h, d in t.items()
+            }
             for t in self.tables[1:]
         ]
         return self
@@ -100,7 +111,7 @@ class NGramLM:
 
     def _context(self, context) -> tuple:
         context = tuple(int(i) for i in context)
-        return context[len(context) - (self.n - 1):] if self.n > 1 else ()
+        return context[len(context) - (self.n - 1) :] if self.n > 1 else ()
 
     # --- probabilities ----------------------------------------------------------------------
     def prob(self, context, w: int) -> float:
@@ -118,7 +129,7 @@ class NGramLM:
             return c_hw / c_h if c_h else 1.0 / V  # mle: an unseen context falls back to uniform
         p = 1.0 / V  # order 0: uniform
         for m in range(1, len(h) + 2):
-            ctx = h[len(h) - (m - 1):] if m > 1 else ()
+            ctx = h[len(h) - (m - 1) :] if m > 1 else ()
             total = self.totals[m].get(ctx)
             if not total:
                 continue  # unseen context: keep the lower-order estimate
@@ -143,7 +154,7 @@ class NGramLM:
             return counts / counts.sum() if counts.sum() else np.full(V, 1.0 / V)
         p = np.full(V, 1.0 / V)
         for m in range(1, len(h) + 2):
-            ctx = h[len(h) - (m - 1):] if m > 1 else ()
+            ctx = h[len(h) - (m - 1) :] if m > 1 else ()
             if ctx not in self._arrays[m]:
                 continue
             ids, c = self._arrays[m][ctx]
@@ -161,7 +172,7 @@ class NGramLM:
         ids = [int(i) for i in ids]
         total = 0.0
         for i, w in enumerate(ids):
-            p = self.prob(ids[max(0, i - self.n + 1):i], w)
+            p = self.prob(ids[max(0, i - self.n + 1) : i], w)
             if p <= 0.0:
                 return math.inf
             total -= math.log(p)
@@ -182,7 +193,7 @@ class NGramLM:
                 p = p ** (1.0 / temperature)
                 p = p / p.sum()
             out.append(int(rng.choice(self.vocab_size, p=p)))
-        return out[len(context):]
+        return out[len(context) :]
 
     def num_ngrams(self) -> list[int]:
         """Distinct m-grams seen in training for m = 1..n (the model's "parameters")."""

@@ -10,6 +10,7 @@ LSTM ``i, f, g, o``; GRU ``r, z, n``), so the from-scratch functions can be chec
 returns ``(logits, loss)`` and ``model.config`` has ``block_size`` and ``to_dict()``, so
 :func:`lmkit.train.train` and :func:`lmkit.train.evaluate_loss` work with it unchanged.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -22,7 +23,12 @@ from lmkit.nn import eval_mode
 from lmkit.sampling import next_token
 
 __all__ = [
-    "rnn_cell", "lstm_cell", "gru_cell", "scratch_forward", "RecurrentLMConfig", "RecurrentLM",
+    "rnn_cell",
+    "lstm_cell",
+    "gru_cell",
+    "scratch_forward",
+    "RecurrentLMConfig",
+    "RecurrentLM",
     "input_gradient_norms",
 ]
 
@@ -74,7 +80,9 @@ def scratch_forward(module: nn.Module, x: torch.Tensor, state=None):
     ``torch.testing.assert_close``. Explained in chapter 3.
     """
     if not getattr(module, "batch_first", False) or getattr(module, "bidirectional", False):
-        raise ValueError("scratch_forward needs a batch_first, unidirectional torch.nn.RNN/LSTM/GRU")
+        raise ValueError(
+            "scratch_forward needs a batch_first, unidirectional torch.nn.RNN/LSTM/GRU"
+        )
     kind = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}[type(module)]
     if kind == "rnn" and module.nonlinearity != "tanh":
         raise ValueError("scratch_forward implements the tanh RNN only")
@@ -126,11 +134,15 @@ class RecurrentLMConfig:
 
     def __post_init__(self):
         if self.kind not in GATES:
-            raise ValueError(f"RecurrentLMConfig.kind must be one of {tuple(GATES)}, got {self.kind!r}")
+            raise ValueError(
+                f"RecurrentLMConfig.kind must be one of {tuple(GATES)}, got {self.kind!r}"
+            )
         for name in ("vocab_size", "block_size", "n_embd", "n_hidden", "n_layer"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"RecurrentLMConfig.{name} must be a positive integer, got {value!r}")
+                raise ValueError(
+                    f"RecurrentLMConfig.{name} must be a positive integer, got {value!r}"
+                )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"RecurrentLMConfig.dropout must be in [0, 1), got {self.dropout}")
 
@@ -153,15 +165,20 @@ class RecurrentLM(nn.Module):
         rnn_cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[c.kind]
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
-        self.rnn = rnn_cls(c.n_embd, c.n_hidden, num_layers=c.n_layer, batch_first=True,
-                           dropout=c.dropout if c.n_layer > 1 else 0.0)
+        self.rnn = rnn_cls(
+            c.n_embd,
+            c.n_hidden,
+            num_layers=c.n_layer,
+            batch_first=True,
+            dropout=c.dropout if c.n_layer > 1 else 0.0,
+        )
         self.head = nn.Linear(c.n_hidden, c.vocab_size)
         if c.kind == "lstm":  # forget-gate bias 1: remember by default (Jozefowicz et al. 2015)
             H = c.n_hidden
             for layer in range(c.n_layer):
                 with torch.no_grad():
-                    getattr(self.rnn, f"bias_ih_l{layer}")[H:2 * H].fill_(1.0)
-                    getattr(self.rnn, f"bias_hh_l{layer}")[H:2 * H].fill_(0.0)
+                    getattr(self.rnn, f"bias_ih_l{layer}")[H : 2 * H].fill_(1.0)
+                    getattr(self.rnn, f"bias_hh_l{layer}")[H : 2 * H].fill_(0.0)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -177,12 +194,20 @@ class RecurrentLM(nn.Module):
         logits, _ = self.step(idx, state)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            )
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 seed: int | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
         """Continue prompts idx (B, T) by max_new_tokens sampled tokens, carrying the state: (B, T + new)."""
         with eval_mode(self):
             gen = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None

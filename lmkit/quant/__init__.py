@@ -7,6 +7,7 @@
 * :mod:`lmkit.quant.prune`: magnitude and structured pruning, sparsity report (chapter 16).
 * :mod:`lmkit.quant.distill`: knowledge-distillation loss (chapter 16).
 """
+
 from lmkit.quant.core import (
     absmax_dequantize,
     absmax_quantize,
@@ -37,11 +38,32 @@ from lmkit.quant.size import (
 )
 
 __all__ = [
-    "absmax_quantize", "absmax_dequantize", "zeropoint_quantize", "zeropoint_dequantize", "qrange",
-    "check_group_size", "quantize_groups", "dequantize_groups", "pack_int4", "unpack_int4",
-    "QuantLinear", "quantize_model", "linear_layers", "DEFAULT_SKIP",
-    "tensor_bytes", "model_size_bytes", "quantized_layer_bytes", "is_quantized_module",
-    "dynamic_quantize", "FullRangeDynamicLinear", "quantized_engine", "torchao_quantize", "import_torchao",
-    "magnitude_prune", "structured_prune", "sparsity_report",
-    "distillation_loss", "distillation_objective",
+    "absmax_quantize",
+    "absmax_dequantize",
+    "zeropoint_quantize",
+    "zeropoint_dequantize",
+    "qrange",
+    "check_group_size",
+    "quantize_groups",
+    "dequantize_groups",
+    "pack_int4",
+    "unpack_int4",
+    "QuantLinear",
+    "quantize_model",
+    "linear_layers",
+    "DEFAULT_SKIP",
+    "tensor_bytes",
+    "model_size_bytes",
+    "quantized_layer_bytes",
+    "is_quantized_module",
+    "dynamic_quantize",
+    "FullRangeDynamicLinear",
+    "quantized_engine",
+    "torchao_quantize",
+    "import_torchao",
+    "magnitude_prune",
+    "structured_prune",
+    "sparsity_report",
+    "distillation_loss",
+    "distillation_objective",
 ]

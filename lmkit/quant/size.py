@@ -10,6 +10,7 @@ them; per-channel: the scale and zero-point tensors); ``torchao`` tensor subclas
 inner tensors (``qdata``, ``scale``, ``zero_point``...). Python attributes and library-internal
 repacking for a particular CPU kernel are not counted.
 """
+
 from __future__ import annotations
 
 import torch
@@ -54,7 +55,7 @@ def model_size_bytes(model: nn.Module) -> int:
     for m in model.modules():
         tensors += _packed_tensors(m)
     for t in tensors:  # parameters() already yields a tied parameter once; this also catches
-        key = id(t)      # the same tensor registered twice as a buffer
+        key = id(t)  # the same tensor registered twice as a buffer
         if key in seen:
             continue
         seen.add(key)

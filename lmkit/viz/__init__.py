@@ -16,6 +16,7 @@ the same point without a running kernel.
 
 The names of the first three are also importable from ``lmkit.viz`` itself.
 """
+
 from lmkit.viz.attention import (
     attention_heads_view,
     attention_heads_widget,

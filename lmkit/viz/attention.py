@@ -1,5 +1,6 @@
 """Attention figures: softmax saturation and the 1/sqrt(d_k) scale (chapter 4), every head of a
 GPT on a sentence the reader types (chapter 5)."""
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,9 @@ from lmkit.nn import device_of
 from lmkit.viz.display import show
 
 
-def softmax_scaling_stats(d_k: int, scaled: bool = True, n_keys: int = 16, n_queries: int = 512,
-                          seed: int = 0) -> dict:
+def softmax_scaling_stats(
+    d_k: int, scaled: bool = True, n_keys: int = 16, n_queries: int = 512, seed: int = 0
+) -> dict:
     """Statistics of softmax(q k^T [/ sqrt(d_k)]) for random unit-variance q, k.
 
     Explained in chapter 4. Draws q (n_queries, d_k) and k (n_keys, d_k) from N(0, 1); returns
@@ -30,11 +32,17 @@ def softmax_scaling_stats(d_k: int, scaled: bool = True, n_keys: int = 16, n_que
         scores = scores / math.sqrt(d_k)
     w = torch.softmax(scores, dim=-1)
     entropy = -(w * w.clamp_min(1e-300).log()).sum(-1)
-    return dict(score_std=scores.std().item(), max_weight=w.max(-1).values.mean().item(),
-                entropy=entropy.mean().item(), weights=w[0].numpy())
+    return dict(
+        score_std=scores.std().item(),
+        max_weight=w.max(-1).values.mean().item(),
+        entropy=entropy.mean().item(),
+        weights=w[0].numpy(),
+    )
 
 
-def softmax_scaling_view(d_k: int = 64, scaled: bool = True, n_keys: int = 16, seed: int = 0, ax=None):
+def softmax_scaling_view(
+    d_k: int = 64, scaled: bool = True, n_keys: int = 16, seed: int = 0, ax=None
+):
     """Bar chart of one query's attention weights over ``n_keys`` keys. Chapter 4. Returns the figure."""
     s = softmax_scaling_stats(d_k, scaled, n_keys, seed=seed)
     fig = None
@@ -44,8 +52,11 @@ def softmax_scaling_view(d_k: int = 64, scaled: bool = True, n_keys: int = 16, s
     ax.axhline(1 / n_keys, color="gray", lw=0.8, ls="--")
     ax.set_ylim(0, 1)
     ax.set_xticks([])
-    ax.set_title(f"d_k={d_k}, {'scaled' if scaled else 'unscaled'}\n"
-                 f"max w={s['max_weight']:.2f}, H={s['entropy']:.2f} nats", fontsize=8)
+    ax.set_title(
+        f"d_k={d_k}, {'scaled' if scaled else 'unscaled'}\n"
+        f"max w={s['max_weight']:.2f}, H={s['entropy']:.2f} nats",
+        fontsize=8,
+    )
     return fig if fig is not None else ax.figure
 
 
@@ -53,9 +64,11 @@ def softmax_scaling_widget(n_keys: int = 16):
     """Slider over d_k (powers of two) and a scaled/unscaled switch. Chapter 4."""
     import ipywidgets as W
 
-    d_k = W.SelectionSlider(options=[2 ** i for i in range(1, 12)], value=64, description="d_k")
+    d_k = W.SelectionSlider(options=[2**i for i in range(1, 12)], value=64, description="d_k")
     scaled = W.Checkbox(value=True, description="divide by sqrt(d_k)")
-    return W.interactive(lambda d_k, scaled: show(softmax_scaling_view(d_k, scaled, n_keys)), d_k=d_k, scaled=scaled)
+    return W.interactive(
+        lambda d_k, scaled: show(softmax_scaling_view(d_k, scaled, n_keys)), d_k=d_k, scaled=scaled
+    )
 
 
 def plot_softmax_scaling_grid(d_ks=(4, 16, 64, 256, 1024), n_keys: int = 16):
@@ -106,14 +119,21 @@ def attention_heads_view(model, tokenizer, text: str, layer: int = 0, max_tokens
     return fig
 
 
-def attention_heads_widget(model, tokenizer, text: str = "The model reads every character.", max_tokens: int = 32):
+def attention_heads_widget(
+    model, tokenizer, text: str = "The model reads every character.", max_tokens: int = 32
+):
     """A text box and a layer slider over :func:`attention_heads_view`. Chapter 5."""
     import ipywidgets as W
 
-    box = W.Text(value=text, description="text", continuous_update=False, layout=W.Layout(width="90%"))
+    box = W.Text(
+        value=text, description="text", continuous_update=False, layout=W.Layout(width="90%")
+    )
     layer = W.IntSlider(value=0, min=0, max=model.config.n_layer - 1, description="layer")
-    return W.interactive(lambda text, layer: show(attention_heads_view(model, tokenizer, text, layer, max_tokens)),
-                         text=box, layer=layer)
+    return W.interactive(
+        lambda text, layer: show(attention_heads_view(model, tokenizer, text, layer, max_tokens)),
+        text=box,
+        layer=layer,
+    )
 
 
 def plot_attention_heads(maps: torch.Tensor, labels, show_labels: bool = False):

@@ -1,4 +1,5 @@
 """How every widget shows its figure."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt

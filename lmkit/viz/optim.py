@@ -1,4 +1,5 @@
 """Optimizer trajectories on a 2-D loss surface (chapter 7)."""
+
 from __future__ import annotations
 
 import math
@@ -27,18 +28,27 @@ SURFACE_START = {"ravine": (-4.5, 1.5), "rosenbrock": (-1.5, 2.0)}
 SURFACE_BOX = {"ravine": (-5, 5, -2, 2), "rosenbrock": (-2, 2, -1, 3)}
 
 
-def optimizer_paths(lr: float, optimizers=("sgd", "momentum", "adam"), surface_name: str = "ravine",
-                    steps: int = 60) -> dict:
+def optimizer_paths(
+    lr: float, optimizers=("sgd", "momentum", "adam"), surface_name: str = "ravine", steps: int = 60
+) -> dict:
     """Paths of several optimizers from the same start at one learning rate. Chapter 7.
 
     Returns {name: (steps + 1, 2) numpy array} (rows of inf/nan where a run diverged).
     """
     f = surface(surface_name)
-    return {name: trajectory(f, SURFACE_START[surface_name], name, lr, steps).numpy() for name in optimizers}
+    return {
+        name: trajectory(f, SURFACE_START[surface_name], name, lr, steps).numpy()
+        for name in optimizers
+    }
 
 
-def optimizer_surface_view(lr: float = 0.1, steps: int = 60, surface_name: str = "ravine",
-                           optimizers=("sgd", "momentum", "adam"), ax=None):
+def optimizer_surface_view(
+    lr: float = 0.1,
+    steps: int = 60,
+    surface_name: str = "ravine",
+    optimizers=("sgd", "momentum", "adam"),
+    ax=None,
+):
     """Contours of the surface and each optimizer's path, final loss in the legend. Chapter 7."""
     fig = None
     if ax is None:
@@ -47,7 +57,14 @@ def optimizer_surface_view(lr: float = 0.1, steps: int = 60, surface_name: str =
     x0, x1, y0, y1 = SURFACE_BOX[surface_name]
     X, Y = np.meshgrid(np.linspace(x0, x1, 200), np.linspace(y0, y1, 200))
     Z = f(torch.tensor(np.stack([X, Y]))).numpy()
-    ax.contour(X, Y, Z, levels=np.geomspace(max(Z.min(), 1e-3), Z.max(), 14), colors="lightgray", linewidths=0.7)
+    ax.contour(
+        X,
+        Y,
+        Z,
+        levels=np.geomspace(max(Z.min(), 1e-3), Z.max(), 14),
+        colors="lightgray",
+        linewidths=0.7,
+    )
     colors = {"sgd": "tab:red", "momentum": "tab:green", "adam": "tab:blue", "adamw": "tab:purple"}
     with np.errstate(all="ignore"):
         for name, path in optimizer_paths(lr, optimizers, surface_name, steps).items():
@@ -69,7 +86,9 @@ def optimizer_surface_widget(steps: int = 60):
         lambda lr, steps, surface_name: show(optimizer_surface_view(lr, steps, surface_name)),
         lr=W.FloatLogSlider(value=0.1, base=10, min=-3, max=0.5, step=0.1, description="lr"),
         steps=W.IntSlider(value=steps, min=5, max=300, step=5, description="steps"),
-        surface_name=W.Dropdown(options=["ravine", "rosenbrock"], value="ravine", description="surface"),
+        surface_name=W.Dropdown(
+            options=["ravine", "rosenbrock"], value="ravine", description="surface"
+        ),
     )
 
 

@@ -1,4 +1,5 @@
 """Position encodings compared: sinusoidal, learned, rotary (chapter 5)."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -22,7 +23,9 @@ def position_encoding_matrix(kind: str, n_pos: int, dim: int, model=None) -> tor
         return sinusoidal_positions(n_pos, dim)
     if kind == "learned":
         if model is None or "wpe" not in model.transformer:
-            raise ValueError("kind='learned' needs a GPT with learned position embeddings (model.transformer.wpe)")
+            raise ValueError(
+                "kind='learned' needs a GPT with learned position embeddings (model.transformer.wpe)"
+            )
         return model.transformer.wpe.weight[:n_pos].detach().float().cpu()
     if kind == "rope":
         cos, sin = rope_cache(n_pos, dim)
@@ -30,7 +33,9 @@ def position_encoding_matrix(kind: str, n_pos: int, dim: int, model=None) -> tor
     raise ValueError(f"kind must be one of {POSITION_KINDS}, got {kind!r}")
 
 
-def position_similarity(kind: str, n_pos: int, dim: int, ref: int, model=None, seed: int = 0) -> np.ndarray:
+def position_similarity(
+    kind: str, n_pos: int, dim: int, ref: int, model=None, seed: int = 0
+) -> np.ndarray:
     """How position ``ref`` relates to every position 0..n_pos-1, per kind. Chapter 5.
 
     Sinusoidal and learned: cosine similarity between the code of ``ref`` and each position's code.
@@ -48,8 +53,9 @@ def position_similarity(kind: str, n_pos: int, dim: int, ref: int, model=None, s
     return (P @ P[ref]).numpy()
 
 
-def position_encoding_view(kind: str = "sinusoidal", ref: int = 32, n_pos: int = 128, dim: int = 64,
-                           model=None, axes=None):
+def position_encoding_view(
+    kind: str = "sinusoidal", ref: int = 32, n_pos: int = 128, dim: int = 64, model=None, axes=None
+):
     """Two panels: the code as a heatmap (position x dimension) and similarity to position ``ref``. Chapter 5."""
     fig = None
     if axes is None:
@@ -73,16 +79,26 @@ def position_encoding_widget(model=None, n_pos: int = 128, dim: int = 64):
     """Choose the kind of position code and the reference position. Chapter 5."""
     import ipywidgets as W
 
-    kinds = list(POSITION_KINDS) if model is not None and "wpe" in model.transformer else ["sinusoidal", "rope"]
+    kinds = (
+        list(POSITION_KINDS)
+        if model is not None and "wpe" in model.transformer
+        else ["sinusoidal", "rope"]
+    )
     n = min(n_pos, model.config.block_size) if model is not None else n_pos
-    return W.interactive(lambda kind, ref: show(position_encoding_view(kind, ref, n, dim, model)),
-                         kind=W.Dropdown(options=kinds, value="sinusoidal", description="kind"),
-                         ref=W.IntSlider(value=n // 4, min=0, max=n - 1, description="position"))
+    return W.interactive(
+        lambda kind, ref: show(position_encoding_view(kind, ref, n, dim, model)),
+        kind=W.Dropdown(options=kinds, value="sinusoidal", description="kind"),
+        ref=W.IntSlider(value=n // 4, min=0, max=n - 1, description="position"),
+    )
 
 
 def plot_position_encodings(model=None, n_pos: int = 128, dim: int = 64, ref: int = 32):
     """Small multiples: one row per kind (code heatmap | similarity to ``ref``). Chapter 5."""
-    kinds = [k for k in POSITION_KINDS if k != "learned" or (model is not None and "wpe" in model.transformer)]
+    kinds = [
+        k
+        for k in POSITION_KINDS
+        if k != "learned" or (model is not None and "wpe" in model.transformer)
+    ]
     n = min(n_pos, model.config.block_size) if model is not None else n_pos
     fig, axes = plt.subplots(len(kinds), 2, figsize=(10, 2.8 * len(kinds)), squeeze=False)
     for i, kind in enumerate(kinds):

@@ -10,6 +10,7 @@ Two views of the same computation, as everywhere in ``lmkit``'s visualisations:
 
 Explained in chapter 15.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ from lmkit.quant.core import dequantize_groups, quantize_groups
 GROUP_CHOICES = (None, 128, 64, 32, 16)
 
 
-def quant_error_state(w: torch.Tensor, bits: int = 8, group_size: int | None = None,
-                      scheme: str = "absmax") -> dict:
+def quant_error_state(
+    w: torch.Tensor, bits: int = 8, group_size: int | None = None, scheme: str = "absmax"
+) -> dict:
     """Quantize ``w`` (out, in) group-wise and measure the rounding error (the widget's callback).
 
     Args:
@@ -37,7 +39,9 @@ def quant_error_state(w: torch.Tensor, bits: int = 8, group_size: int | None = N
     err = (dequantize_groups(q, scale, zero) - w).flatten()
     rmse = float(err.pow(2).mean().sqrt())
     return {
-        "bits": bits, "group_size": group_size, "scheme": scheme,
+        "bits": bits,
+        "group_size": group_size,
+        "scheme": scheme,
         "error": err,
         "rmse": rmse,
         "max_abs": float(err.abs().max()),
@@ -55,8 +59,12 @@ def _hist(ax, state: dict, bins: int = 60) -> None:
     ax.tick_params(labelsize=7)
 
 
-def plot_error_grid(w: torch.Tensor, bits_list=(8, 6, 4, 3, 2), group_size: int | None = None,
-                    scheme: str = "absmax"):
+def plot_error_grid(
+    w: torch.Tensor,
+    bits_list=(8, 6, 4, 3, 2),
+    group_size: int | None = None,
+    scheme: str = "absmax",
+):
     """Static small multiples: the error histogram of ``w`` (out, in) for each bit width.
 
     Each panel has its own x axis (the error grows about 2x per bit removed). Returns the figure.
@@ -73,7 +81,9 @@ def plot_error_grid(w: torch.Tensor, bits_list=(8, 6, 4, 3, 2), group_size: int 
     return fig
 
 
-def bits_widget(w: torch.Tensor, bits: int = 8, group_size: int | None = None, scheme: str = "absmax"):
+def bits_widget(
+    w: torch.Tensor, bits: int = 8, group_size: int | None = None, scheme: str = "absmax"
+):
     """Bits / group-size / scheme explorer (ipywidgets) for a weight matrix ``w`` (out, in).
 
     Returns the ``VBox``; its ``update(bits, group_size, scheme)`` attribute is the callback (it
@@ -85,8 +95,11 @@ def bits_widget(w: torch.Tensor, bits: int = 8, group_size: int | None = None, s
 
     groups = [g for g in GROUP_CHOICES if g is None or w.shape[-1] % g == 0]
     b_slider = W.IntSlider(value=bits, min=2, max=8, step=1, description="bits")
-    g_drop = W.Dropdown(options=[("per-channel", None)] + [(str(g), g) for g in groups if g], value=group_size,
-                        description="group")
+    g_drop = W.Dropdown(
+        options=[("per-channel", None)] + [(str(g), g) for g in groups if g],
+        value=group_size,
+        description="group",
+    )
     s_drop = W.Dropdown(options=["absmax", "zeropoint"], value=scheme, description="scheme")
     plot_out, text_out = W.Output(), W.HTML()
 
@@ -97,8 +110,10 @@ def bits_widget(w: torch.Tensor, bits: int = 8, group_size: int | None = None, s
             fig, ax = plt.subplots(figsize=(6, 2.6))
             _hist(ax, state)
             plt.show()
-        text_out.value = (f"{state['levels']} integer levels used; RMSE {state['rmse']:.2e}, "
-                          f"max |error| {state['max_abs']:.2e}")
+        text_out.value = (
+            f"{state['levels']} integer levels used; RMSE {state['rmse']:.2e}, "
+            f"max |error| {state['max_abs']:.2e}"
+        )
         return state
 
     def on_change(_):

@@ -1,4 +1,5 @@
 """The isoFLOP curve of the Chinchilla fit: loss against model size at fixed compute (chapter 14)."""
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,17 @@ def isoflop_view(compute: float = 1e21, ax=None):
     opt = isoflop_optimum(compute)
     n = np.geomspace(opt["n"] / 300, opt["n"] * 300, 200)
     ax.plot(n, chinchilla_loss(n, compute / (6 * n)), color="C0")
-    ax.plot(opt["n"], opt["loss"], "o", color="C3", label=f"optimum N={opt['n']:.2g} ({opt['tokens_per_param']:.0f} tok/param)")
+    ax.plot(
+        opt["n"],
+        opt["loss"],
+        "o",
+        color="C3",
+        label=f"optimum N={opt['n']:.2g} ({opt['tokens_per_param']:.0f} tok/param)",
+    )
     n20 = math.sqrt(compute / 120)
-    ax.plot(n20, float(chinchilla_loss(n20, 20 * n20)), "s", color="C2", label=f"D = 20N: N={n20:.2g}")
+    ax.plot(
+        n20, float(chinchilla_loss(n20, 20 * n20)), "s", color="C2", label=f"D = 20N: N={n20:.2g}"
+    )
     ax.set_xscale("log")
     ax.set_xlabel("parameters N (D = C / 6N)")
     ax.set_ylabel("fitted loss")
