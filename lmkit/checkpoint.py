@@ -98,7 +98,8 @@ def load_tensors(path, device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def save_model(directory, model, tokenizer=None, info: dict | None = None) -> Path:
-    """Save a GPT as ``model.safetensors`` (weights + config), ``tokenizer.json`` and ``info.json``."""
+    """Save a GPT as ``model.safetensors`` (weights +
+    config), ``tokenizer.json`` and ``info.json``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     save_tensors(
@@ -114,11 +115,13 @@ def save_model(directory, model, tokenizer=None, info: dict | None = None) -> Pa
 
 
 def load_model(directory, device="cpu"):
-    """Load a GPT saved by :func:`save_model`: returns (model in eval mode, tokenizer or None, info)."""
+    """Load a GPT saved by :func:`save_model`: returns
+    (model in eval mode, tokenizer or None, info)."""
     d = Path(directory)
     if not (d / "model.safetensors").exists():
         raise FileNotFoundError(
-            f"{d} holds no model.safetensors; expected a directory written by lmkit.checkpoint.save_model "
+            f"{d} holds no model.safetensors; expected a "
+            "directory written by lmkit.checkpoint.save_model "
             "(or `python -m lmkit train --out DIR`)"
         )
     tensors, meta = load_tensors(d / "model.safetensors", device)

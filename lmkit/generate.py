@@ -45,7 +45,8 @@ def generate(
     """
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ValueError(
-            f"idx must be a non-empty (batch, time) tensor of token ids, got shape {tuple(idx.shape)}"
+            "idx must be a non-empty (batch, time) tensor "
+            f"of token ids, got shape {tuple(idx.shape)}"
         )
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -106,7 +107,8 @@ def beam_search(
         raise ValueError(f"beam_search takes one prompt of shape (1, T), got {tuple(idx.shape)}")
     if idx.size(1) + max_new_tokens > model.config.block_size:
         raise ValueError(
-            f"prompt ({idx.size(1)}) + max_new_tokens ({max_new_tokens}) exceeds the context window "
+            f"prompt ({idx.size(1)}) + max_new_tokens "
+            f"({max_new_tokens}) exceeds the context window "
             f"({model.config.block_size})"
         )
     with eval_mode(model):

@@ -52,7 +52,8 @@ def causal_mask(t: int, device=None) -> torch.Tensor:
 def sinusoidal_positions(n_pos: int, dim: int, base: float = 10000.0) -> torch.Tensor:
     """The fixed sine/cosine position encodings of Vaswani et al. (2017).
 
-    Explained in chapter 5. Returns (n_pos, dim): even columns sin(p / base^(2i/dim)), odd columns cos.
+    Explained in chapter 5. Returns (n_pos, dim): even
+    columns sin(p / base^(2i/dim)), odd columns cos.
     """
     if dim % 2:
         raise ValueError(f"sinusoidal_positions needs an even dim, got {dim}")

@@ -74,7 +74,8 @@ class ServerLimits:
             not isinstance(self.max_prompt_tokens, int) or self.max_prompt_tokens < 1
         ):
             raise ValueError(
-                f"ServerLimits.max_prompt_tokens must be a positive integer or None, got {self.max_prompt_tokens!r}"
+                "ServerLimits.max_prompt_tokens must be a positive "
+                f"integer or None, got {self.max_prompt_tokens!r}"
             )
         if not (
             isinstance(self.timeout_s, (int, float))
@@ -82,7 +83,8 @@ class ServerLimits:
             and self.timeout_s > 0
         ):
             raise ValueError(
-                f"ServerLimits.timeout_s must be a positive number of seconds, got {self.timeout_s!r}"
+                "ServerLimits.timeout_s must be a positive "
+                f"number of seconds, got {self.timeout_s!r}"
             )
 
 
@@ -145,9 +147,9 @@ class RequestGate:
     """ASGI middleware: the transport gate in front of the app. Explained in chapter 13.
 
     For requests with a body (POST, PUT, PATCH) it rejects, before the app parses anything: a
-    declared ``Content-Length`` over ``max_body_bytes`` (413, without reading the body); a body
-    that grows over the limit while streaming (413); a content type other than JSON (415); bytes
-    that are not UTF-8 or not JSON (400, with the position). Accepted bodies are replayed to the app.
+    declared ``Content-Length`` over ``max_body_bytes`` (413, without reading the body); a body that
+    grows over the limit while streaming (413); a content type other than JSON (415); bytes that are
+    not UTF-8 or not JSON (400, with the position). Accepted bodies are replayed to the app.
     """
 
     def __init__(self, app, max_body_bytes: int):
@@ -269,7 +271,8 @@ def _request_models(limits: ServerLimits, tokenizer, max_prompt_tokens: int):
     pattern = _vocabulary_pattern(tokenizer)
 
     class GenerateRequest(BaseModel):
-        """What to generate. Unknown fields, wrong types and out-of-range values are rejected (422)."""
+        """What to generate. Unknown fields, wrong types
+        and out-of-range values are rejected (422)."""
 
         model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -324,7 +327,8 @@ def _request_models(limits: ServerLimits, tokenizer, max_prompt_tokens: int):
 
 
 def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cpu"):
-    """Build the FastAPI app for a checkpoint directory or a ``(model, tokenizer)`` pair. Chapter 13.
+    """Build the FastAPI app for a checkpoint directory
+    or a ``(model, tokenizer)`` pair. Chapter 13.
 
     The checkpoint is read by :func:`lmkit.checkpoint.load_model` (safetensors + JSON only).
     """
@@ -342,7 +346,8 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
         info, name = {}, type(model).__name__
     if tokenizer is None:
         raise ValueError(
-            f"checkpoint {checkpoint} has no tokenizer.json; the server needs a tokenizer to read prompts"
+            f"checkpoint {checkpoint} has no tokenizer.json; "
+            "the server needs a tokenizer to read prompts"
         )
     model.eval()
     device = device_of(model)
@@ -418,13 +423,14 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
 
     @app.post("/generate", response_model=GenerateResponse, responses=errors)
     async def generate_endpoint(req: GenerateRequest):
-        """Continue the prompt; the same seed gives the same answer as ``lmkit.generate.generate``."""
+        """Continue the prompt; the same seed gives the
+        same answer as ``lmkit.generate.generate``."""
         start = time.perf_counter()
         deadline = time.monotonic() + limits.timeout_s
         try:
             ids = tokenizer.encode(req.prompt)
         except Exception as e:  # e.g. CharTokenizer: characters outside the vocabulary
-            raise HTTPException(422, f"prompt cannot be tokenized: {_short(str(e), 400)}")
+            raise HTTPException(422, f"prompt cannot be tokenized: {_short(str(e), 400)}") from e
         if not ids:
             raise HTTPException(422, "prompt encodes to zero tokens; send some text")
         if len(ids) > max_prompt_tokens:
@@ -434,7 +440,8 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
         if state["pending"] >= limits.max_queue:
             raise HTTPException(
                 503,
-                f"server busy: {state['pending']} requests queued (limit {limits.max_queue}); retry later",
+                f"server busy: {state['pending']} requests "
+                f"queued (limit {limits.max_queue}); retry later",
                 headers={"Retry-After": "1"},
             )
         seed = req.seed if req.seed is not None else secrets.randbits(63)
@@ -446,10 +453,11 @@ def create_app(checkpoint, limits: ServerLimits | None = None, device: str = "cp
         except GenerationTimeout as e:
             raise HTTPException(
                 503,
-                f"time limit of {limits.timeout_s:g} s reached after {e.produced} of {req.max_new_tokens} new tokens; "
+                f"time limit of {limits.timeout_s:g} s reached after "
+                f"{e.produced} of {req.max_new_tokens} new tokens; "
                 "generation stopped. Ask for fewer tokens or retry when the server is less busy",
                 headers={"Retry-After": "1"},
-            )
+            ) from e
         finally:
             state["pending"] -= 1
         state["served"] += 1
@@ -512,7 +520,8 @@ def serve(
 
 
 def _serve_forever(app, host: str, port: int, log_level: str) -> None:
-    """Bind ``host:port`` here, print ``lmkit serve: listening on http://HOST:PORT``, serve until interrupted.
+    """Bind ``host:port`` here, print ``lmkit serve: listening
+    on http://HOST:PORT``, serve until interrupted.
 
     The socket is bound and listening before the line is printed, so with ``port=0`` a caller reads
     the real port from the first line of stdout: no "find a free port, close it, bind it again"
@@ -537,7 +546,8 @@ def _serve_forever(app, host: str, port: int, log_level: str) -> None:
 
 
 class BackgroundServer:
-    """Run an ASGI app with uvicorn in a daemon thread on a free port (notebooks, tests). Chapter 13.
+    """Run an ASGI app with uvicorn in a daemon thread
+    on a free port (notebooks, tests). Chapter 13.
 
     ``with BackgroundServer(app) as url: httpx.post(url + "/generate", json=...)``
 
@@ -659,9 +669,11 @@ def run_server(args: argparse.Namespace) -> None:
             torch.set_num_threads(args.threads)
         app = create_app(args.checkpoint, limits, device=args.device)
     except ImportError as e:
-        raise SystemExit(f"lmkit serve: {e}; install the server extras: pip install 'lmkit[serve]'")
+        raise SystemExit(
+            f"lmkit serve: {e}; install the server extras: pip install 'lmkit[serve]'"
+        ) from None
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"lmkit serve: error: {e}")
+        raise SystemExit(f"lmkit serve: error: {e}") from None
 
     _serve_forever(app, args.host, args.port, args.log_level)
 

@@ -81,7 +81,8 @@ class ChatSession:
         budget = self.model.config.block_size - self.max_new_tokens
         if budget < 1:
             raise ValueError(
-                f"max_new_tokens={self.max_new_tokens} leaves no room in a window of {self.model.config.block_size}"
+                f"max_new_tokens={self.max_new_tokens} leaves no "
+                f"room in a window of {self.model.config.block_size}"
             )
         history = list(self.history)
         while True:

@@ -152,9 +152,12 @@ def is_even(n):
 def maximum(items):
     """Return the largest element of a non-empty list without using max()."""
 ''',
-        "assert maximum([3, 9, 2]) == 9\nassert maximum([-5, -2, -9]) == -2\nassert maximum([7]) == 7",
-        "    best = items[0]\n    for x in items[1:]:\n        if x > best:\n            best = x\n    return best",
-        "    best = 0\n    for x in items:\n        if x > best:\n            best = x\n    return best",
+        "assert maximum([3, 9, 2]) == 9\n"
+        "assert maximum([-5, -2, -9]) == -2\nassert maximum([7]) == 7",
+        "    best = items[0]\n    for x in items[1:]:\n"
+        "        if x > best:\n            best = x\n    return best",
+        "    best = 0\n    for x in items:\n        if x > best:\n"
+        "            best = x\n    return best",
     ),
     _p(
         "reverse_string",
@@ -162,7 +165,8 @@ def maximum(items):
 def reverse_string(s):
     """Return the string s reversed."""
 ''',
-        "assert reverse_string('abc') == 'cba'\nassert reverse_string('') == ''\nassert reverse_string('a') == 'a'",
+        "assert reverse_string('abc') == 'cba'\n"
+        "assert reverse_string('') == ''\nassert reverse_string('a') == 'a'",
         "    return s[::-1]",
         "    return s",
     ),
@@ -172,7 +176,8 @@ def reverse_string(s):
 def count_vowels(text):
     """Return how many characters of text are vowels (a, e, i, o, u, either case)."""
 ''',
-        "assert count_vowels('Hello') == 2\nassert count_vowels('xyz') == 0\nassert count_vowels('AEIOU') == 5",
+        "assert count_vowels('Hello') == 2\n"
+        "assert count_vowels('xyz') == 0\nassert count_vowels('AEIOU') == 5",
         "    return sum(1 for ch in text if ch.lower() in 'aeiou')",
         "    return sum(1 for ch in text if ch in 'aeiou')",
     ),
@@ -202,7 +207,8 @@ def fibonacci(n):
 def is_palindrome(s):
     """Return True if s reads the same backwards, ignoring case."""
 ''',
-        "assert is_palindrome('Level')\nassert not is_palindrome('python')\nassert is_palindrome('')",
+        "assert is_palindrome('Level')\n"
+        "assert not is_palindrome('python')\nassert is_palindrome('')",
         "    s = s.lower()\n    return s == s[::-1]",
         "    return s == s[::-1]",
     ),
@@ -223,7 +229,8 @@ def word_count(text):
     """Return a dict mapping each whitespace-separated word of text to how often it occurs."""
 ''',
         "assert word_count('a b a') == {'a': 2, 'b': 1}\nassert word_count('') == {}",
-        "    counts = {}\n    for word in text.split():\n        counts[word] = counts.get(word, 0) + 1\n    return counts",
+        "    counts = {}\n    for word in text.split():\n"
+        "        counts[word] = counts.get(word, 0) + 1\n    return counts",
         "    return {word: 1 for word in text.split()}",
     ),
 ]
@@ -284,7 +291,8 @@ def sample_completions(
     seed: int = 0,
     device="cpu",
 ) -> list[str]:
-    """n sampled continuations of ``prompt`` from an lmkit GPT, each cut by :func:`truncate_completion`.
+    """n sampled continuations of ``prompt`` from an lmkit
+    GPT, each cut by :func:`truncate_completion`.
 
     Explained in chapter 20.
     """
@@ -296,7 +304,8 @@ def sample_completions(
 def complete_benchmark(
     model, tokenizer, problems=None, n: int = 5, seed: int = 0, **kwargs
 ) -> dict:
-    """{problem name: n completions} for every problem (seeds ``seed + i`` per problem). Chapter 20."""
+    """{problem name: n completions} for every problem
+    (seeds ``seed + i`` per problem). Chapter 20."""
     problems = BENCHMARK if problems is None else problems
     return {
         p.name: sample_completions(model, tokenizer, p.prompt, n=n, seed=seed + i, **kwargs)

@@ -66,7 +66,8 @@ def load_hub_parallel(
 
 
 def load_hub_gpt2(name: str = "gpt2", device="cpu"):
-    """A pretrained causal LM from the hub and its tokenizer (e.g. "gpt2"), for chapter 20's benchmark."""
+    """A pretrained causal LM from the hub and its
+    tokenizer (e.g. "gpt2"), for chapter 20's benchmark."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(name)
@@ -82,7 +83,8 @@ def hub_complete(
     temperature: float = 0.8,
     seed: int = 0,
 ) -> list[str]:
-    """n sampled continuations of ``prompt`` from a transformers causal LM (text after the prompt)."""
+    """n sampled continuations of ``prompt`` from a
+    transformers causal LM (text after the prompt)."""
     import torch
 
     torch.manual_seed(seed)

@@ -23,9 +23,10 @@ def load_hub_melodies(name: str = "JSB Chorales", max_items: int | None = 500):
     """Soprano lines of Bach chorales (the JSB Chorales set) as :class:`lmkit.apps.music.Melody`
     objects, one note per sixteenth-note frame merged into (pitch, duration) notes. Chapter 21.
 
-    Uses the ``datasets`` hub copy ``"tglcourse/jsb_chorales"`` (frames of 4 MIDI pitches, soprano
-    first); durations in sixteenths are snapped to the nearest duration in eighths that the tokenizer knows; key is left as C major, so
-    in-key statistics should be read with :func:`lmkit.apps.music.in_key_ratio` and an estimated key.
+    Uses the ``datasets`` hub copy ``"tglcourse/jsb_chorales"`` (frames of 4 MIDI
+    pitches, soprano first); durations in sixteenths are snapped to the nearest duration
+    in eighths that the tokenizer knows; key is left as C major, so in-key statistics
+    should be read with :func:`lmkit.apps.music.in_key_ratio` and an estimated key.
     """
     _check_online()
     from datasets import load_dataset
@@ -53,7 +54,8 @@ def load_hub_melodies(name: str = "JSB Chorales", max_items: int | None = 500):
 def load_hub_captions(
     name: str = "flickr8k", split: str = "test", max_items: int | None = 200, size: int = 224
 ):
-    """(images (N, size, size, 3) uint8 numpy, captions list[str]) from Flickr8k or COCO. Chapter 22.
+    """(images (N, size, size, 3) uint8 numpy, captions
+    list[str]) from Flickr8k or COCO. Chapter 22.
 
     ``name``: ``"flickr8k"`` (``"jxie/flickr8k"``) or ``"coco"`` (``"yerevann/coco-karpathy"``,
     which holds URLs; images are fetched with ``requests``).

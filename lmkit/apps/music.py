@@ -34,7 +34,8 @@ BAR_LEN = 8
 
 @dataclass
 class Melody:
-    """A melody: ``notes`` [(midi_pitch, eighths)], its ``tonic`` pitch class (0-11) and ``mode``."""
+    """A melody: ``notes`` [(midi_pitch, eighths)], its
+    ``tonic`` pitch class (0-11) and ``mode``."""
 
     notes: list
     tonic: int
@@ -46,7 +47,8 @@ class Melody:
 
 
 def degree_to_pitch(degree: int, tonic: int, mode: str = "major") -> int:
-    """Scale degree (0 = tonic, 7 = tonic an octave up, may be negative) -> MIDI pitch. Chapter 21."""
+    """Scale degree (0 = tonic, 7 = tonic an octave up,
+    may be negative) -> MIDI pitch. Chapter 21."""
     scale = SCALES[mode]
     octave, step = divmod(degree, 7)
     base = 60 + (tonic if tonic < 6 else tonic - 12)  # tonic near middle C
@@ -261,7 +263,8 @@ def synthesize(
 
 
 def piano_roll(melody: Melody, low: int = LOW, high: int = HIGH) -> np.ndarray:
-    """Binary piano roll, shape (high - low + 1, total eighths): row = pitch - low, column = time."""
+    """Binary piano roll, shape (high - low + 1, total
+    eighths): row = pitch - low, column = time."""
     total = sum(d for _, d in melody.notes)
     roll = np.zeros((high - low + 1, total))
     t = 0
@@ -273,7 +276,8 @@ def piano_roll(melody: Melody, low: int = LOW, high: int = HIGH) -> np.ndarray:
 
 
 def plot_piano_rolls(melodies, titles=None, ncols: int = 2, figsize_per=(4.2, 2.2)):
-    """Static small multiples: one piano roll per melody, in-key notes blue, out-of-key red. Chapter 21."""
+    """Static small multiples: one piano roll per melody,
+    in-key notes blue, out-of-key red. Chapter 21."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 

@@ -1,4 +1,5 @@
-"""One decoding step of a :class:`~lmkit.models.gpt.GPT` with its KV cache, without ``nn.Module`` dispatch.
+"""One decoding step of a :class:`~lmkit.models.gpt.GPT`
+with its KV cache, without ``nn.Module`` dispatch.
 
 Explained in chapter 12 and the performance appendix. With a KV cache, a step of a small model does
 little arithmetic (one token through each layer), so on a CPU its time goes to Python: every
@@ -21,7 +22,8 @@ from lmkit.nn import FeedForward, apply_rope, rope_cache
 
 
 def _as_function(module: nn.Module):
-    """``module``'s forward as a plain function: exact Linear and LayerNorm skip the Module machinery."""
+    """``module``'s forward as a plain function: exact
+    Linear and LayerNorm skip the Module machinery."""
     if module._forward_hooks or module._forward_pre_hooks:
         return module
     if type(module) is nn.Linear:  # positional arguments: tensor subclasses (torchao) expect them
@@ -39,7 +41,8 @@ def _plain(module: nn.Module, cls) -> bool:
 
 
 class DecodeStep:
-    """``step(idx, cache)``: next-token logits (B, V) for new tokens idx (B, 1) after a filled KVCache.
+    """``step(idx, cache)``: next-token logits (B, V) for
+    new tokens idx (B, 1) after a filled KVCache.
 
     Build it after the model's layers are final (quantized, fine-tuned, hooked): it reads them once.
     Falls back to ``model(idx, cache=cache)`` when the blocks are not lmkit's own.

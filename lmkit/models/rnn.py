@@ -190,7 +190,8 @@ class RecurrentLM(nn.Module):
         return self.head(self.drop(out)), state
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state=None):
-        """idx (B, T) long -> (logits (B, T, V), mean cross-entropy or None); targets -100 = ignore."""
+        """idx (B, T) long -> (logits (B, T, V), mean
+        cross-entropy or None); targets -100 = ignore."""
         logits, _ = self.step(idx, state)
         loss = None
         if targets is not None:
@@ -208,7 +209,8 @@ class RecurrentLM(nn.Module):
         top_k: int | None = None,
         seed: int | None = None,
     ) -> torch.Tensor:
-        """Continue prompts idx (B, T) by max_new_tokens sampled tokens, carrying the state: (B, T + new)."""
+        """Continue prompts idx (B, T) by max_new_tokens
+        sampled tokens, carrying the state: (B, T + new)."""
         with eval_mode(self):
             gen = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
             logits, state = self.step(idx)
@@ -224,9 +226,9 @@ def input_gradient_norms(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """How strongly the last output depends on each earlier input: ||d h_T / d x_t|| for t = 1..T.
 
     module: a batch_first ``torch.nn.RNN``/``LSTM``/``GRU``; x (1, T, I). The last hidden state is
-    projected on a fixed direction (the all-ones vector) to get a scalar, whose gradient with respect
-    to every input x_t is measured. Returns (T,) gradient norms. Vanishing gradients (梯度消失)
-    show up as norms that fall exponentially with the distance T - t. Explained in chapter 3.
+    projected on a fixed direction (the all-ones vector) to get a scalar, whose gradient with
+    respect to every input x_t is measured. Returns (T,) gradient norms. Vanishing gradients
+    (梯度消失) show up as norms that fall exponentially with the distance T - t. Chapter 3.
     """
     x = x.detach().clone().requires_grad_(True)
     out, _ = module(x)

@@ -1,7 +1,9 @@
 """Quantization (chapter 15), pruning and distillation (chapter 16).
 
-* :mod:`lmkit.quant.core`: absmax / zero-point quantization, per-channel and group-wise, int4 packing.
-* :mod:`lmkit.quant.layers`: :class:`QuantLinear` and :func:`quantize_model` (weight-only int8/int4).
+* :mod:`lmkit.quant.core`: absmax / zero-point
+  quantization, per-channel and group-wise, int4 packing.
+* :mod:`lmkit.quant.layers`: :class:`QuantLinear` and
+  :func:`quantize_model` (weight-only int8/int4).
 * :mod:`lmkit.quant.size`: exact size accounting in bytes.
 * :mod:`lmkit.quant.libs`: PyTorch dynamic quantization and torchao weight-only, for comparison.
 * :mod:`lmkit.quant.prune`: magnitude and structured pruning, sparsity report (chapter 16).

@@ -1,12 +1,13 @@
-"""Quantization by hand: absmax and zero-point, per-tensor, per-channel and group-wise; int4 packing.
+"""Quantization by hand: absmax and zero-point,
+per-tensor, per-channel and group-wise; int4 packing.
 
 Explained in chapter 15.
 
 Conventions (used throughout :mod:`lmkit.quant`):
 
 * **absmax** (symmetric): ``scale = max|x| / qmax`` with ``qmax = 2**(bits-1) - 1``;
-  ``q = round(x / scale)`` is a signed integer in ``[-qmax, qmax]`` (int8 storage); ``x ~ q * scale``.
-  Zero maps to zero exactly. Error per element <= scale / 2.
+  ``q = round(x / scale)`` is a signed integer in ``[-qmax, qmax]`` (int8 storage);
+  ``x ~ q * scale``. Zero maps to zero exactly. Error per element <= scale / 2.
 * **zero-point** (asymmetric, affine): the range ``[min(x, 0), max(x, 0)]`` is mapped onto the
   unsigned integers ``[0, 2**bits - 1]`` (uint8 storage): ``scale = (max - min) / (2**bits - 1)``,
   ``zero_point = round(-min / scale)``, ``q = clamp(round(x / scale) + zero_point)``,
@@ -31,7 +32,8 @@ def _check_bits(bits: int) -> None:
 
 
 def qrange(bits: int, signed: bool = True) -> tuple[int, int]:
-    """Integer range used for ``bits``: signed (absmax) ``(-(2**(b-1)-1), 2**(b-1)-1)``, restricted to
+    """Integer range used for ``bits``: signed (absmax)
+    ``(-(2**(b-1)-1), 2**(b-1)-1)``, restricted to
     be symmetric; unsigned (zero-point) ``(0, 2**b - 1)``. Explained in chapter 15."""
     _check_bits(bits)
     if signed:
@@ -48,8 +50,9 @@ def absmax_quantize(
     Args:
         x: float tensor of any shape.
         bits: 2..8.
-        dim: ``None`` for one scale for the whole tensor (per-tensor); an int for one scale per slice
-            along the other dimensions, the max being taken over ``dim`` (for a weight (out, in),
+        dim: ``None`` for one scale for the whole tensor (per-tensor);
+            an int for one scale per slice along the other dimensions,
+            the max being taken over ``dim`` (for a weight (out, in),
             ``dim=-1`` gives one scale per output channel).
     Returns:
         q: int8 tensor shaped like ``x``, values in ``[-qmax, qmax]``.
@@ -71,7 +74,8 @@ def absmax_dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 def zeropoint_quantize(
     x: torch.Tensor, bits: int = 8, dim: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Asymmetric (zero-point, affine) quantization onto ``[0, 2**bits - 1]``. Explained in chapter 15.
+    """Asymmetric (zero-point, affine) quantization onto
+    ``[0, 2**bits - 1]``. Explained in chapter 15.
 
     Args and shapes as in :func:`absmax_quantize`.
     Returns:
@@ -95,15 +99,16 @@ def zeropoint_quantize(
 def zeropoint_dequantize(
     q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
 ) -> torch.Tensor:
-    """Inverse of :func:`zeropoint_quantize`: ``(q - zero_point) * scale`` as float32. Chapter 15."""
+    """Inverse of :func:`zeropoint_quantize`: ``(q -
+    zero_point) * scale`` as float32. Chapter 15."""
     return (q.float() - zero_point.float()) * scale.float()
 
 
 def check_group_size(n: int, group_size: int | None) -> int:
     """Validate a group size for a last dimension of ``n`` values and return it (``None`` -> ``n``).
 
-    Raises ``ValueError`` naming valid choices when ``group_size`` is not a positive divisor of ``n``.
-    Explained in chapter 15.
+    Raises ``ValueError`` naming valid choices when ``group_size``
+    is not a positive divisor of ``n``. Explained in chapter 15.
     """
     if group_size is None:
         return n
@@ -157,7 +162,8 @@ def quantize_groups(
 def dequantize_groups(
     q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Inverse of :func:`quantize_groups`: q (..., in), scale (..., G) -> float32 (..., in). Chapter 15.
+    """Inverse of :func:`quantize_groups`: q (..., in),
+    scale (..., G) -> float32 (..., in). Chapter 15.
 
     The group size is ``in // G``.
     """
@@ -186,7 +192,8 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     lo, hi = (0, 15) if q.dtype == torch.uint8 else (-8, 7)
     if q.numel() and (int(q.min()) < lo or int(q.max()) > hi):
         raise ValueError(
-            f"pack_int4: values must lie in [{lo}, {hi}] for {q.dtype}, got [{int(q.min())}, {int(q.max())}]"
+            f"pack_int4: values must lie in [{lo}, {hi}] for "
+            f"{q.dtype}, got [{int(q.min())}, {int(q.max())}]"
         )
     nib = (q.to(torch.int16) & 0xF).to(torch.uint8)
     if nib.size(-1) % 2:

@@ -2,10 +2,10 @@
 
 Explained in chapter 15.
 
-Weight-only quantization stores the weights of ``nn.Linear`` layers as small integers plus scales and
-turns them back into floats inside ``forward`` (activations stay in floating point). It saves memory
-and memory bandwidth, which is what limits token-by-token decoding; on a CPU without fused int4/int8
-kernels it does not make the matrix multiply itself faster.
+Weight-only quantization stores the weights of ``nn.Linear`` layers as small integers plus
+scales and turns them back into floats inside ``forward`` (activations stay in floating
+point). It saves memory and memory bandwidth, which is what limits token-by-token decoding;
+on a CPU without fused int4/int8 kernels it does not make the matrix multiply itself faster.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ class QuantLinear(nn.Module):
         return self.qweight
 
     def dequantize_weight(self) -> torch.Tensor:
-        """The float32 weight (out, in) that ``forward`` uses: (q - zero_point) * scale per group."""
+        """The float32 weight (out, in) that ``forward``
+        uses: (q - zero_point) * scale per group."""
         return dequantize_groups(self.int_weight(), self.scale, self.zero_point)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,13 +132,15 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         g = "per-channel" if self.group_size is None else f"group_size={self.group_size}"
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"in_features={self.in_features}, "
+            f"out_features={self.out_features}, bias={self.bias is not None}, "
             f"bits={self.bits}, {g}, scheme={self.scheme}"
         )
 
 
 def _skipped(name: str, skip: Iterable[str]) -> bool:
-    """A module name matches a skip entry if equal, ending with '.' + entry, or matching it as a glob."""
+    """A module name matches a skip entry if equal,
+    ending with '.' + entry, or matching it as a glob."""
     return any(name == s or name.endswith("." + s) or fnmatch.fnmatchcase(name, s) for s in skip)
 
 
@@ -169,8 +172,8 @@ def quantize_model(
             quantized layer's ``in_features``; a ``ValueError`` names the layer that it does not).
         skip: names of layers to keep in floating point: exact names, name suffixes after a dot, or
             glob patterns. The default keeps ``lm_head``: in lmkit's GPT it is *tied* to the token
-            embedding ``transformer.wte`` (one shared fp32 matrix), so quantizing it would add an int
-            copy while the fp32 embedding stays. Embeddings and LayerNorms are never touched.
+            embedding ``transformer.wte`` (one shared fp32 matrix), so quantizing it would add an
+            int copy while the fp32 embedding stays. Embeddings and LayerNorms are never touched.
         scheme: ``"absmax"`` or ``"zeropoint"``.
         scale_dtype: dtype of the stored scales (float32; float16 saves 2 bytes per group).
         inplace: modify ``model`` itself; by default a deep copy is quantized and returned.

@@ -1,10 +1,10 @@
 """Thin wrappers over the libraries' quantization, to compare with lmkit's own. Chapter 15.
 
-* PyTorch **dynamic quantization** (``torch.ao.quantization.quantize_dynamic``): ``nn.Linear`` weights
-  become qint8 (per-tensor affine), activations are quantized on the fly per batch, and the matrix
-  multiply runs in int8 (fbgemm/x86/onednn kernels on x86, qnnpack on ARM). Faster on CPU. PyTorch
-  marks ``torch.ao.quantization`` deprecated in favour of torchao but still ships it (torch 2.13);
-  the wrapper silences those deprecation warnings.
+* PyTorch **dynamic quantization** (``torch.ao.quantization.quantize_dynamic``): ``nn.Linear``
+  weights become qint8 (per-tensor affine), activations are quantized on the fly per batch,
+  and the matrix multiply runs in int8 (fbgemm/x86/onednn kernels on x86, qnnpack on ARM).
+  Faster on CPU. PyTorch marks ``torch.ao.quantization`` deprecated in favour of torchao but
+  still ships it (torch 2.13); the wrapper silences those deprecation warnings.
 * **torchao** weight-only: ``torchao.quantization.quantize_(model, Int8WeightOnlyConfig())`` swaps
   each linear weight for an ``Int8Tensor`` (int8 per-row + scales) and runs on CPU. For int4,
   ``Int4WeightOnlyConfig`` needs CUDA kernels (torchao 0.18 raises ``ImportError: Requires mslk``
@@ -88,7 +88,8 @@ def dynamic_quantize(
     reduce_range: bool = True,
     inplace: bool = False,
 ) -> nn.Module:
-    """PyTorch dynamic quantization of every ``nn.Linear`` (except ``skip``). Explained in chapter 15.
+    """PyTorch dynamic quantization of every ``nn.Linear``
+    (except ``skip``). Explained in chapter 15.
 
     Args:
         model: a float model on the CPU (dynamic quantization kernels are CPU-only).
@@ -97,18 +98,19 @@ def dynamic_quantize(
             lmkit GPT pass ``skip=("lm_head",)`` to keep the tied output layer in fp32.
         engine: quantized engine to pack the weights for (see :func:`quantized_engine`); it is set
             only while converting, so run the model under the same engine.
-        per_channel: one weight scale per output row (``per_channel_dynamic_qconfig``) instead of one
-            per tensor (the default qconfig). Activations are always quantized per tensor, per batch,
-            to quint8 -- and on the x86/fbgemm engines with ``reduce_range=True`` (7 bits, to avoid
-            int16 overflow on CPUs without VNNI), which hurts layers whose inputs have outliers
-            (a BERT FFN's down-projection sees GELU outputs with max/std near 90).
+        per_channel: one weight scale per output row (``per_channel_dynamic_qconfig``) instead of
+            one per tensor (the default qconfig). Activations are always quantized per tensor,
+            per batch, to quint8 -- and on the x86/fbgemm engines with ``reduce_range=True`` (7
+            bits, to avoid int16 overflow on CPUs without VNNI), which hurts layers whose inputs
+            have outliers (a BERT FFN's down-projection sees GELU outputs with max/std near 90).
         reduce_range: ``True`` is PyTorch's behaviour (7-bit activations); ``False`` uses
             :class:`FullRangeDynamicLinear` (8-bit activations). On all-MiniLM-L6-v2,
             per-channel weights with ``reduce_range=False`` lift the mean cosine of sentence
             embeddings to fp32 from 0.945 (defaults) to 0.992 at the same speed (chapter 15).
         inplace: quantize ``model`` itself instead of a deep copy.
     Returns:
-        The model with ``torch.ao.nn.quantized.dynamic.Linear`` layers; input/output shapes unchanged.
+        The model with ``torch.ao.nn.quantized.dynamic.Linear``
+        layers; input/output shapes unchanged.
     """
     from torch.ao.quantization import (
         default_dynamic_qconfig,
@@ -182,12 +184,13 @@ def torchao_quantize(
     bits=8 uses ``Int8WeightOnlyConfig`` (per-row, or ``PerGroup(group_size)``), which works on CPU.
     bits=4 (group-wise; ``group_size=None`` means 32) tries ``Int4WeightOnlyConfig(group_size)``
     (CUDA only in torchao 0.18), then the CPU path
-    ``IntxWeightOnlyConfig(torch.int4, PerGroup)`` (int4 values stored unpacked in int8 bytes).
-    If torchao is missing or every torchao path fails and ``fallback`` is true, a warning says why
-    and lmkit's own :func:`quantize_model` is used instead; with ``fallback=False`` the error is raised.
+    ``IntxWeightOnlyConfig(torch.int4, PerGroup)`` (int4 values stored unpacked in int8 bytes). If
+    torchao is missing or every torchao path fails and ``fallback`` is true, a warning says why and
+    lmkit's own :func:`quantize_model` is used instead; with ``fallback=False`` the error is raised.
 
     Returns:
-        (quantized model, description of the path that was used, e.g. "torchao Int8WeightOnlyConfig").
+        (quantized model, description of the path that
+        was used, e.g. "torchao Int8WeightOnlyConfig").
     """
     if bits not in (4, 8):
         raise ValueError(f"torchao_quantize supports bits=8 or bits=4, got {bits!r}")
@@ -199,7 +202,8 @@ def torchao_quantize(
     def lmkit_fallback(reason: str):
         if not fallback:
             raise RuntimeError(reason)
-        msg = f"{reason}; falling back to lmkit.quant.quantize_model(bits={bits}, group_size={group_size})"
+        fallback_call = f"lmkit.quant.quantize_model(bits={bits}, group_size={group_size})"
+        msg = f"{reason}; falling back to {fallback_call}"
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
         return quantize_model(
             base, bits, group_size, skip, inplace=inplace
@@ -233,7 +237,8 @@ def torchao_quantize(
                 lambda: Int4WeightOnlyConfig(group_size=g),
             ),
             (
-                f"torchao IntxWeightOnlyConfig(int4, PerGroup({g})) [int4 values stored unpacked in int8]",
+                f"torchao IntxWeightOnlyConfig(int4, PerGroup({g})) "
+                "[int4 values stored unpacked in int8]",
                 lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(g)),
             ),
         ]

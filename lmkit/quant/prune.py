@@ -44,7 +44,8 @@ def magnitude_prune(
         skip: layers to leave alone; the default keeps the GPT's ``lm_head``, which is tied to the
             token embedding (pruning it would prune the embedding too).
         permanent: call ``prune.remove`` so that ``weight`` is a plain parameter holding zeros (no
-            ``weight_orig``/``weight_mask``); ``False`` keeps the mask (fine-tuning keeps zeros zero).
+            ``weight_orig``/``weight_mask``); ``False``
+            keeps the mask (fine-tuning keeps zeros zero).
         inplace: prune ``model`` itself instead of a deep copy.
     """
     _check_amount(amount)

@@ -43,7 +43,8 @@ def softmax_scaling_stats(
 def softmax_scaling_view(
     d_k: int = 64, scaled: bool = True, n_keys: int = 16, seed: int = 0, ax=None
 ):
-    """Bar chart of one query's attention weights over ``n_keys`` keys. Chapter 4. Returns the figure."""
+    """Bar chart of one query's attention weights over
+    ``n_keys`` keys. Chapter 4. Returns the figure."""
     s = softmax_scaling_stats(d_k, scaled, n_keys, seed=seed)
     fig = None
     if ax is None:
@@ -72,7 +73,8 @@ def softmax_scaling_widget(n_keys: int = 16):
 
 
 def plot_softmax_scaling_grid(d_ks=(4, 16, 64, 256, 1024), n_keys: int = 16):
-    """Small multiples: rows unscaled / scaled, one column per d_k. Chapter 4. Returns the figure."""
+    """Small multiples: rows unscaled / scaled, one
+    column per d_k. Chapter 4. Returns the figure."""
     fig, axes = plt.subplots(2, len(d_ks), figsize=(2.2 * len(d_ks), 4.6), sharey=True)
     for j, d in enumerate(d_ks):
         for i, scaled in enumerate((False, True)):
@@ -109,7 +111,8 @@ def _heatmap(ax, m, labels, title, show_labels=True):
 
 
 def attention_heads_view(model, tokenizer, text: str, layer: int = 0, max_tokens: int = 32):
-    """All heads of one layer on ``text``: 1 x n_head heatmaps (row = query, column = key). Chapter 5."""
+    """All heads of one layer on ``text``: 1 x n_head
+    heatmaps (row = query, column = key). Chapter 5."""
     maps, labels = attention_maps_for_text(model, tokenizer, text, max_tokens)
     n_head = maps.shape[1]
     fig, axes = plt.subplots(1, n_head, figsize=(3.0 * n_head, 3.3), squeeze=False)
@@ -137,11 +140,12 @@ def attention_heads_widget(
 
 
 def plot_attention_heads(maps: torch.Tensor, labels, show_labels: bool = False):
-    """Small multiples of every head: maps (n_layer, n_head, T, T) -> n_layer x n_head grid. Chapter 5."""
-    L, H = maps.shape[:2]
-    fig, axes = plt.subplots(L, H, figsize=(2.0 * H, 2.0 * L), squeeze=False)
-    for l in range(L):
-        for h in range(H):
-            _heatmap(axes[l, h], maps[l, h], labels, f"L{l} H{h}", show_labels)
+    """Small multiples of every head: maps (n_layer, n_head, T, T) -> an n_layer x n_head grid.
+    Chapter 5."""
+    n_layer, n_head = maps.shape[:2]
+    fig, axes = plt.subplots(n_layer, n_head, figsize=(2.0 * n_head, 2.0 * n_layer), squeeze=False)
+    for layer in range(n_layer):
+        for h in range(n_head):
+            _heatmap(axes[layer, h], maps[layer, h], labels, f"L{layer} H{h}", show_labels)
     fig.tight_layout()
     return fig

@@ -26,7 +26,8 @@ def shaped_probs(
     top_p: float | None = None,
     top_k: int | None = None,
 ) -> torch.Tensor:
-    """Next-token probabilities after temperature, top-k and top-p: logits (V,) or (B, V) -> same shape.
+    """Next-token probabilities after temperature, top-k
+    and top-p: logits (V,) or (B, V) -> same shape.
 
     ``temperature == 0`` returns the greedy one-hot distribution. Explained in chapter 12.
     """

@@ -79,7 +79,8 @@ def optimizer_surface_view(
 
 
 def optimizer_surface_widget(steps: int = 60):
-    """Learning-rate slider (log scale), step count and surface over :func:`optimizer_surface_view`. Chapter 7."""
+    """Learning-rate slider (log scale), step count and
+    surface over :func:`optimizer_surface_view`. Chapter 7."""
     import ipywidgets as W
 
     return W.interactive(

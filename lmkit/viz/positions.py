@@ -15,7 +15,8 @@ POSITION_KINDS = ("sinusoidal", "learned", "rope")
 def position_encoding_matrix(kind: str, n_pos: int, dim: int, model=None) -> torch.Tensor:
     """The (n_pos, dim) position code of one kind. Explained in chapter 5.
 
-    "sinusoidal": :func:`lmkit.nn.sinusoidal_positions`; "learned": the first ``n_pos`` rows of a GPT's
+    "sinusoidal": :func:`lmkit.nn.sinusoidal_positions`;
+    "learned": the first ``n_pos`` rows of a GPT's
     ``wpe`` (``dim`` is then the model width, argument ignored); "rope": cos and sin of the rotation
     angles m * theta_i, interleaved (cos, sin) per pair like the sinusoidal code.
     """
@@ -24,7 +25,8 @@ def position_encoding_matrix(kind: str, n_pos: int, dim: int, model=None) -> tor
     if kind == "learned":
         if model is None or "wpe" not in model.transformer:
             raise ValueError(
-                "kind='learned' needs a GPT with learned position embeddings (model.transformer.wpe)"
+                "kind='learned' needs a GPT with learned "
+                "position embeddings (model.transformer.wpe)"
             )
         return model.transformer.wpe.weight[:n_pos].detach().float().cpu()
     if kind == "rope":
@@ -56,7 +58,8 @@ def position_similarity(
 def position_encoding_view(
     kind: str = "sinusoidal", ref: int = 32, n_pos: int = 128, dim: int = 64, model=None, axes=None
 ):
-    """Two panels: the code as a heatmap (position x dimension) and similarity to position ``ref``. Chapter 5."""
+    """Two panels: the code as a heatmap (position x dimension)
+    and similarity to position ``ref``. Chapter 5."""
     fig = None
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3))

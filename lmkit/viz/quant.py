@@ -86,9 +86,9 @@ def bits_widget(
 ):
     """Bits / group-size / scheme explorer (ipywidgets) for a weight matrix ``w`` (out, in).
 
-    Returns the ``VBox``; its ``update(bits, group_size, scheme)`` attribute is the callback (it
-    returns :func:`quant_error_state`'s dict), so notebooks and tests can drive it without a browser.
-    Explained in chapter 15.
+    Returns the ``VBox``; its ``update(bits, group_size, scheme)`` attribute is
+    the callback (it returns :func:`quant_error_state`'s dict), so notebooks
+    and tests can drive it without a browser. Explained in chapter 15.
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt

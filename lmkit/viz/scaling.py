@@ -1,4 +1,5 @@
-"""The isoFLOP curve of the Chinchilla fit: loss against model size at fixed compute (chapter 14)."""
+"""The isoFLOP curve of the Chinchilla fit: loss
+against model size at fixed compute (chapter 14)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from lmkit.viz.display import show
 
 
 def isoflop_view(compute: float = 1e21, ax=None):
-    """Loss against model size at fixed compute: the isoFLOP curve, its optimum and the 20-tokens rule.
+    """Loss against model size at fixed compute: the
+    isoFLOP curve, its optimum and the 20-tokens rule.
 
     Draws on ``ax`` (or a new figure) and returns the figure. Chapter 14.
     """
