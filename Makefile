@@ -3,6 +3,7 @@
 #   make test                      every test, as CI runs it (scripts/test.sh)
 #   make lock                      regenerate requirements/lock.txt (UPGRADE=1: newest releases)
 #   make check-latest              unit tests with the newest releases, unlocked (drift check)
+#   make format                    ruff format, then ruff check --fix (tests/test_style.py checks both)
 #   make mutate                    mutation testing of lmkit's core (mutmut; hours on 2 cores)
 #   make execute NB=book/chNN_x.ipynb   execute one notebook in place, top to bottom, offline
 #   make nbval NB=book/chNN_x.ipynb     re-check one notebook's NBVAL_CHECK_OUTPUT cells
@@ -15,7 +16,11 @@ PY := $(VENV)/bin/python
 NB ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: setup book test lock check-latest mutate execute nbval status lab clean
+format:
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+.PHONY: format setup book test lock check-latest mutate execute nbval status lab clean
 
 setup:
 	bash scripts/setup.sh

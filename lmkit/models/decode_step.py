@@ -1,5 +1,4 @@
-"""One decoding step of a :class:`~lmkit.models.gpt.GPT`
-with its KV cache, without ``nn.Module`` dispatch.
+"""One decoding step of a GPT with its KV cache, without ``nn.Module`` dispatch.
 
 Explained in chapter 12 and the performance appendix. With a KV cache, a step of a small model does
 little arithmetic (one token through each layer), so on a CPU its time goes to Python: every

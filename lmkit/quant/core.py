@@ -1,5 +1,4 @@
-"""Quantization by hand: absmax and zero-point,
-per-tensor, per-channel and group-wise; int4 packing.
+"""Quantization by hand: absmax and zero-point; per-tensor, per-channel, group-wise; int4 packing.
 
 Explained in chapter 15.
 

@@ -1,5 +1,8 @@
-"""Attention figures: softmax saturation and the 1/sqrt(d_k) scale (chapter 4), every head of a
-GPT on a sentence the reader types (chapter 5)."""
+"""Attention figures: softmax saturation and the 1/sqrt(d_k) scale, every head of a GPT.
+
+Softmax saturation is explained in chapter 4, attention heads on a sentence the reader types in
+chapter 5.
+"""
 
 from __future__ import annotations
 

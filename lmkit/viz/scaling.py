@@ -1,5 +1,7 @@
-"""The isoFLOP curve of the Chinchilla fit: loss
-against model size at fixed compute (chapter 14)."""
+"""The isoFLOP curve of the Chinchilla fit: loss against model size at fixed compute.
+
+Explained in chapter 14.
+"""
 
 from __future__ import annotations
 
