@@ -36,7 +36,8 @@ def main(modules: list[str]) -> int:
     for meta in metas:
         if not meta.exists():
             print(
-                f"{meta.relative_to(ROOT / 'mutants').with_suffix('')}: no results (run scripts/mutate.sh)"
+                f"{meta.relative_to(ROOT / 'mutants').with_suffix('')}: "
+                "no results (run scripts/mutate.sh)"
             )
             below += 1
             continue

@@ -1,4 +1,5 @@
-"""papermill's command line, with a diagnosis of cell timeouts (used by test_notebooks_papermill.py).
+"""papermill's command line, with a diagnosis of cell
+timeouts (used by test_notebooks_papermill.py).
 
     python tests/papermill_run.py IN.ipynb OUT.ipynb [papermill options]
 

@@ -1,4 +1,5 @@
-"""lmkit's layering, read from the source: no import cycle, no import from a lower layer to a higher.
+"""lmkit's layering, read from the source: no import
+cycle, no import from a lower layer to a higher.
 
 The layers (docs/CONTRIBUTING.md, "Architecture"): a module may import lmkit modules of its own
 layer or of a lower one. Imports inside functions count as much as imports at the top, because
@@ -181,7 +182,9 @@ def test_a_package_importing_its_own_submodules_is_no_cycle(tmp_path):
         tmp_path,
         {
             "__init__.py": "",
-            "quant/__init__.py": "from lmkit.quant.core import q\nfrom lmkit.quant.layers import L\n",
+            "quant/__init__.py": (
+                "from lmkit.quant.core import q\nfrom lmkit.quant.layers import L\n"
+            ),
             "quant/core.py": "",
             "quant/layers.py": "from lmkit.quant.core import q\n",
         },

@@ -1,4 +1,5 @@
-"""lmkit.apps.chat: the prompt template, reply cutting, history that fits the window, reproducibility."""
+"""lmkit.apps.chat: the prompt template, reply cutting,
+history that fits the window, reproducibility."""
 
 import torch
 

@@ -57,9 +57,11 @@ def test_clear_errors(tmp_path):
 
 
 def test_pickle_files_are_not_loaded(tmp_path):
-    """Kills: load_tensors falling back to torch.load(file, weights_only=False) (ValueError "not an lmkit GPT" instead)."""
+    """Kills: load_tensors falling back to torch.load(file,
+    weights_only=False) (ValueError "not an lmkit GPT" instead)."""
     torch.save({"x": torch.zeros(1)}, tmp_path / "model.safetensors")  # a pickle in disguise
-    # safetensors' own error about the header: not a later one (missing metadata) after unpickling it
+    # safetensors' own error about the header: not a
+    # later one (missing metadata) after unpickling it
     with pytest.raises(SafetensorError, match="deserializing header"):
         load_model(tmp_path)
     # (tests/test_train_behaviour.py plants a pickle with a side effect and checks it never runs)
@@ -134,7 +136,8 @@ def test_load_model_needs_both_kind_and_config(tmp_path, meta):
     """Kills: ``or`` weakened to ``and`` (a file with only one of the two keys accepted), and the
     error message losing the file's path or the keys it found."""
     save_tensors(tmp_path / "model.safetensors", {"x": torch.zeros(1)}, meta)
-    want = rf"{tmp_path / 'model.safetensors'} is not an lmkit GPT checkpoint \(metadata: {sorted(meta)!s}\)"
+    path = tmp_path / "model.safetensors"
+    want = rf"{path} is not an lmkit GPT checkpoint \(metadata: {sorted(meta)!s}\)"
     with pytest.raises(ValueError, match=want.replace("[", r"\[").replace("]", r"\]")):
         load_model(tmp_path)
 
@@ -144,7 +147,8 @@ def test_missing_files_are_named_with_what_to_do(tmp_path):
     with pytest.raises(
         FileNotFoundError,
         match=(
-            r"holds no model.safetensors; expected a directory written by lmkit.checkpoint.save_model "
+            r"holds no model.safetensors; "
+            r"expected a directory written by lmkit.checkpoint.save_model "
             r"\(or `python -m lmkit train --out DIR`\)"
         ),
     ):

@@ -1,4 +1,5 @@
-"""DecodeStep: the one-token decoding step without nn.Module dispatch equals GPT.forward with a cache."""
+"""DecodeStep: the one-token decoding step without
+nn.Module dispatch equals GPT.forward with a cache."""
 
 import pytest
 import torch

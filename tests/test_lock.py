@@ -1,4 +1,5 @@
-"""requirements/lock.txt (scripts/lock.sh) pins what pyproject.toml asks for, and setup.sh installed it.
+"""requirements/lock.txt (scripts/lock.sh) pins what
+pyproject.toml asks for, and setup.sh installed it.
 
 The lock is universal: a line may carry an environment marker (`; python_full_version >= '3.11'`);
 only the lines whose marker holds for this interpreter apply here. PyTorch's CUDA packages are left

@@ -172,7 +172,8 @@ def test_notebook_runs(notebook: Path):
         # a warning, so the retry shows in pytest's summary of a passing run too
         warnings.warn(
             f"{notebook.name}: RETRY: a cell stalled (kernel idle, execute_reply lost, "
-            f"jupyter/nbclient#312) after {run.wall_s:.0f} s; running the notebook once more"
+            f"jupyter/nbclient#312) after {run.wall_s:.0f} s; running the notebook once more",
+            stacklevel=1,
         )
         retries = 1
         first_log = run.log
@@ -186,7 +187,8 @@ def test_notebook_runs(notebook: Path):
     )
     assert not (run.stalled and stalled_before), (
         f"{notebook.name} stalled (jupyter/nbclient#312) in this run and in the previous recorded "
-        f"one (book/status.json): a stall that repeats is a bug to fix, not to retry\n{run.log[-4000:]}"
+        "one (book/status.json): a stall that repeats is a bug to fix, not to retry\n"
+        f"{run.log[-4000:]}"
     )
     assert not (run.stalled and retries), (
         f"{notebook.name} stalled twice in a row (jupyter/nbclient#312)\n"
@@ -227,8 +229,8 @@ def test_papermill_measures_memory_and_uses_the_notebook_folder(tmp_path):
         tmp_path / "probe.ipynb",
         "MB = 300",
         "import os, numpy as np\n"
-        "assert os.getcwd() == %r\n"
-        "block = np.ones(MB * 2**20 // 8)" % str(tmp_path),
+        f"assert os.getcwd() == {str(tmp_path)!r}\n"
+        "block = np.ones(MB * 2**20 // 8)",
     )
     run = run_papermill(nb, tmp_path / "out.ipynb", timeout=300)
     assert run.result == "passed", run.log

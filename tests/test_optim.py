@@ -112,19 +112,23 @@ def test_errors():
         optim.Adam([torch.zeros(1, requires_grad=True)], betas=(1.0, 0.9))
 
 
-# --- bias correction where it matters ----------------------------------------------------------
-# With betas (0.9, 0.99) the step-1 corrections cancel: (1 - 0.9) = sqrt(1 - 0.99), so Adam without
-# them takes the same first step. With (0.8, 0.9), 1 - b1 = 0.2 but sqrt(1 - b2) = 0.316: they differ.
+# --- bias correction where it matters
+# ---------------------------------------------------------- With betas (0.9, 0.99) the
+# step-1 corrections cancel: (1 - 0.9) = sqrt(1 - 0.99), so Adam without them takes the
+# same first step. With (0.8, 0.9), 1 - b1 = 0.2 but sqrt(1 - b2) = 0.316: they differ.
 
 
 def test_adam_step_hand_computed_first_two_steps():
-    """Kills: bias correction dropped (or applied to only one moment, or with t - 1 / t + 1) in adam_step.
+    """Kills: bias correction dropped (or applied to only
+    one moment, or with t - 1 / t + 1) in adam_step.
 
     theta = 0, gradients -2 then +1, lr 0.1, betas (0.8, 0.9):
-      t=1: m = -0.4, v = 0.4, m_hat = -0.4 / 0.2 = -2, v_hat = 0.4 / 0.1 = 4, theta = 0 + 0.1 * 2 / 2 = 0.1
+      t=1: m = -0.4, v = 0.4, m_hat = -0.4 / 0.2 = -2,
+      v_hat = 0.4 / 0.1 = 4, theta = 0 + 0.1 * 2 / 2 = 0.1
            (uncorrected: 0.1 * 0.4 / sqrt(0.4) = 0.0632)
       t=2: m = 0.8 * -0.4 + 0.2 = -0.12, v = 0.9 * 0.4 + 0.1 = 0.46,
-           m_hat = -0.12 / 0.36 = -1/3, v_hat = 0.46 / 0.19, theta = 0.1 + 0.1 / 3 / sqrt(0.46 / 0.19) = 0.1214228
+           m_hat = -0.12 / 0.36 = -1/3, v_hat = 0.46 / 0.19,
+           theta = 0.1 + 0.1 / 3 / sqrt(0.46 / 0.19) = 0.1214228
     """
     out1 = optim.adam_step(0.0, -2.0, 0.0, 0.0, t=1, lr=0.1, betas=(0.8, 0.9), eps=0.0)
     assert out1["m"] == pytest.approx(-0.4) and out1["v"] == pytest.approx(0.4)
@@ -140,7 +144,8 @@ def test_adam_step_hand_computed_first_two_steps():
 
 @pytest.mark.parametrize("cls", [optim.Adam, optim.AdamW])
 def test_adam_class_hand_computed_first_two_steps(cls):
-    """Kills: bias correction dropped, or taken at the wrong step count, in the Adam / AdamW classes."""
+    """Kills: bias correction dropped, or taken at the
+    wrong step count, in the Adam / AdamW classes."""
     x = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = cls([x], lr=0.1, betas=(0.8, 0.9), eps=0.0, weight_decay=0.0)
     for g, want in ((-2.0, 0.1), (1.0, 0.1214228)):
@@ -194,7 +199,8 @@ def test_adam_every_step_matches_torch(kw, decoupled):
 
 
 def test_defaults_match_torch():
-    """Kills: a changed default (eps, betas, lr, AdamW's weight decay) in the classes or in adam_step:
+    """Kills: a changed default (eps, betas, lr, AdamW's
+    weight decay) in the classes or in adam_step:
     every other test passes its hyperparameters explicitly."""
     import inspect
 

@@ -1,4 +1,5 @@
-"""lmkit.models.rnn: from-scratch cells equal torch.nn; the LM works with lmkit.train (chapter 3)."""
+"""lmkit.models.rnn: from-scratch cells equal torch.nn;
+the LM works with lmkit.train (chapter 3)."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""Decoding against independent computations on fixed logits: temperature, top-k, top-p, eos, beam scores.
+"""Decoding against independent computations on fixed
+logits: temperature, top-k, top-p, eos, beam scores.
 
 The reference probabilities are computed here with ``torch.softmax`` and plain Python loops over
 the sorted tokens, never through lmkit; the models are fakes whose next-token logits are fixed
@@ -39,7 +40,8 @@ def reference_probs(logits, temperature=1.0, top_k=None, top_p=None):
 
 
 class FixedLM(nn.Module):
-    """Same next-token logits at every position, for every row; works with and without a KV cache."""
+    """Same next-token logits at every position, for
+    every row; works with and without a KV cache."""
 
     def __init__(self, logits, block_size=16):
         super().__init__()
@@ -57,8 +59,9 @@ class FixedLM(nn.Module):
 
 
 class TableLM(nn.Module):
-    """Next-token log-probabilities given by ``table(history) -> list of V floats``, where history is
-    the tuple of all tokens so far. With a KV cache the history is kept *in the cache* (layer 0's
+    """Next-token log-probabilities given by ``table(history) -> list of
+    V floats``, where history is the tuple of all tokens so far. With
+    a KV cache the history is kept *in the cache* (layer 0's
     keys), so that beam search's ``cache.reorder`` moves each beam's history with it."""
 
     def __init__(self, table, vocab_size, block_size=16):
@@ -174,8 +177,8 @@ def test_temperature_zero_is_argmax_and_low_temperature_approaches_it():
 # --- eos ----------------------------------------------------------------------------------------
 
 EOS = 0
-# next token after each token: row 0 (prompt 1) says 2, 3, eos; row 1 (prompt 5) says 6, 7, 8, 9, eos.
-# After eos the model would go on (0 -> 4 -> 4 ...): generate must not let it.
+# next token after each token: row 0 (prompt 1) says 2, 3, eos; row 1 (prompt 5) says 6, 7,
+# 8, 9, eos. After eos the model would go on (0 -> 4 -> 4 ...): generate must not let it.
 NEXT = {1: 2, 2: 3, 3: EOS, EOS: 4, 4: 4, 5: 6, 6: 7, 7: 8, 8: 9, 9: EOS}
 
 
@@ -202,7 +205,8 @@ def test_eos_rows_finish_at_different_times(use_cache, temperature):
 
 
 def test_eos_first_token_and_unfinished_row():
-    """Kills: the stop test made before the eos check (a one-step finish), or all() replaced by any()."""
+    """Kills: the stop test made before the eos check (a
+    one-step finish), or all() replaced by any()."""
     model = TableLM(chain_table, 10)
     out = generate(model, torch.tensor([[3]]), 5, temperature=0, eos_id=EOS)
     assert out.tolist() == [[3, EOS]]

@@ -6,9 +6,9 @@ binds itself (port 0), so no other process can take it in between.
 
 Deterministic by construction: greedy answers are checked against an independent plain loop
 (:func:`greedy_reference`, no KV cache, no ``lmkit.generate``); every limit is tested at its exact
-boundary (accepted at the limit, refused one past it); the time limit runs on a fake clock that
-the model advances, and the queue limit on a model that blocks until released, so nothing depends
-on how fast this machine is. Hypothesis runs under the derandomized "ci" profile (tests/conftest.py).
+boundary (accepted at the limit, refused one past it); the time limit runs on a fake clock that the
+model advances, and the queue limit on a model that blocks until released, so nothing depends on how
+fast this machine is. Hypothesis runs under the derandomized "ci" profile (tests/conftest.py).
 """
 
 import contextlib
@@ -53,7 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """A tiny model is fastest on one thread; two threads on a busy 2-core machine are 20x slower."""
+    """A tiny model is fastest on one thread; two
+    threads on a busy 2-core machine are 20x slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -451,7 +452,8 @@ def test_server_keeps_serving_after_bad_input(client, reference):
 
 
 def test_prompt_tokens_limit_is_inclusive(client, reference):
-    """A prompt of exactly max_prompt_tokens (default: block_size = 32) tokens is served; 33 get 422.
+    """A prompt of exactly max_prompt_tokens (default:
+    block_size = 32) tokens is served; 33 get 422.
 
     Kills: ``len(ids) >= max_prompt_tokens`` (for ``>``) and ``> max_prompt_tokens + 1``.
     """
@@ -552,7 +554,8 @@ def test_body_limit_declared_is_inclusive(client):
 def test_body_limit_streamed_is_inclusive(client):
     """Chunked bodies (no Content-Length): 8192 bytes served, 8193 refused while streaming.
 
-    Kills: ``size >= limit`` (for ``>``) and the streaming check removed (8193 valid bytes would be served).
+    Kills: ``size >= limit`` (for ``>``) and the streaming
+    check removed (8193 valid bytes would be served).
     """
 
     def chunked(body):
@@ -721,7 +724,8 @@ def test_deadline_check_boundary(monkeypatch):
 
 
 class Gate:
-    """Blocks every model call of ``model`` until ``open()``; ``entered`` is set by the first call."""
+    """Blocks every model call of ``model`` until
+    ``open()``; ``entered`` is set by the first call."""
 
     def __init__(self, model):
         self.entered, self.opened = threading.Event(), threading.Event()
@@ -737,7 +741,8 @@ class Gate:
 
 
 def wait_for(predicate, what, limit_s=60):
-    """Poll until ``predicate()``; the limit only turns a hang into a failure, it measures nothing."""
+    """Poll until ``predicate()``; the limit only turns
+    a hang into a failure, it measures nothing."""
     end = time.monotonic() + limit_s
     while not predicate():
         assert time.monotonic() < end, f"gave up waiting for {what}"
@@ -954,7 +959,7 @@ def read_listening_line(proc, limit_s=120):
         try:
             line = lines.get(timeout=limit_s)
         except queue.Empty:
-            raise AssertionError("no 'listening on' line:\n" + "".join(seen))
+            raise AssertionError("no 'listening on' line:\n" + "".join(seen)) from None
         assert line, f"server exited (rc={proc.wait()}):\n" + "".join(seen)
         seen.append(line)
         m = re.fullmatch(r"lmkit serve: listening on http://127\.0\.0\.1:(\d+)\n", line)

@@ -86,7 +86,7 @@ def test_mixed_precision_and_accumulation_run_on_cpu(dtype):
         None,
         TrainConfig(max_steps=3, batch_size=4, grad_accum=2, dtype=dtype, progress=False),
     )
-    assert len(hist["train_loss"]) == 3 and all(l == l for l in hist["train_loss"])
+    assert len(hist["train_loss"]) == 3 and all(x == x for x in hist["train_loss"])
 
 
 def test_accumulation_matches_big_batch():
@@ -145,7 +145,8 @@ def _cli_train(out, steps, extra=()):
 
 
 def test_exact_resume_after_sigkill(tmp_path):
-    """N steps straight == N/2 steps, SIGKILL, resume to N: identical final weights (with dropout: RNG restored).
+    """N steps straight == N/2 steps, SIGKILL, resume to N:
+    identical final weights (with dropout: RNG restored).
 
     Kills: load_train_state not restoring the RNG state (dropout masks after the resume differ).
     """
@@ -183,7 +184,8 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert 0 < load_tensors(ckpt)[1]["step"] < 40, (
         "killed before the first or after the last checkpoint"
     )
-    # a SIGKILL that lands inside an atomic write leaves that write's temporary file (nothing can remove it)
+    # a SIGKILL that lands inside an atomic write leaves
+    # that write's temporary file (nothing can remove it)
     left_by_kill = {p.name for p in killed.iterdir() if p.name.endswith(".tmp")}
     subprocess.run(
         _cli_train(killed, 40, extra), check=True, env=env, capture_output=True, timeout=300

@@ -103,7 +103,8 @@ def _norm(grads):
     return torch.linalg.vector_norm(torch.cat([g.double().flatten() for g in grads])).item()
 
 
-# --- 1. planted pickles are rejected, not executed -------------------------------------------------
+# --- 1. planted pickles are rejected, not executed
+# -------------------------------------------------
 
 
 class _Payload:
@@ -117,7 +118,8 @@ class _Payload:
 
 
 def _plant(path, marker, fmt):
-    """Write a pickle that creates ``marker`` when unpickled: as torch.save writes it, or a bare pickle."""
+    """Write a pickle that creates ``marker`` when
+    unpickled: as torch.save writes it, or a bare pickle."""
     obj = {"weight": torch.zeros(1), "payload": _Payload(marker)}
     if fmt == "torch.save":
         torch.save(obj, path)
@@ -156,7 +158,8 @@ def _resume_training(d):
     ids=["load_model", "load_train_state", "train_resume"],
 )
 def test_planted_pickle_is_rejected_without_running_it(tmp_path, filename, load, fmt):
-    """Kills: load_tensors falling back to torch.load(file, weights_only=False) or pickle.load (marker file created)."""
+    """Kills: load_tensors falling back to torch.load(file,
+    weights_only=False) or pickle.load (marker file created)."""
     # the payload is live: an unsafe load does run it
     live = tmp_path / "live"
     _plant(tmp_path / "probe", live, fmt)
@@ -170,11 +173,13 @@ def test_planted_pickle_is_rejected_without_running_it(tmp_path, filename, load,
     with pytest.raises(Exception) as err:
         load(d)
     assert not marker.exists(), "lmkit unpickled the planted file"
-    # the error is safetensors' own, about the header, not a later one about missing keys or metadata
+    # the error is safetensors' own, about the header,
+    # not a later one about missing keys or metadata
     assert err.type is SafetensorError and "deserializing header" in str(err.value), repr(err.value)
 
 
-# --- 2. exact resume restores the dropout RNG ------------------------------------------------------
+# --- 2. exact resume restores the dropout RNG
+# ------------------------------------------------------
 
 KILL_STEPS, KILL_CKPT, KILL_AT = (
     10,
@@ -188,7 +193,8 @@ def _dropout_cfg(out_dir):
 
 
 def _die_mid_run(out_dir):
-    """Run in a subprocess: train, SIGKILL ourselves when step KILL_AT begins (after the step-4 checkpoint)."""
+    """Run in a subprocess: train, SIGKILL ourselves when
+    step KILL_AT begins (after the step-4 checkpoint)."""
     torch.set_num_threads(1)
     real_lr_at = lmkit.train.lr_at
 
@@ -202,7 +208,8 @@ def _die_mid_run(out_dir):
 
 
 def test_resume_restores_dropout_rng_after_sigkill(tmp_path):
-    """Kills: load_train_state not restoring the RNG state (final weights differ from the uninterrupted run)."""
+    """Kills: load_train_state not restoring the RNG state
+    (final weights differ from the uninterrupted run)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(
         1
@@ -222,7 +229,8 @@ def test_resume_restores_dropout_rng_after_sigkill(tmp_path):
             [sys.executable, "-c", code], env=env, capture_output=True, timeout=120
         )
         assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
-        # the kill really was mid-run: the checkpoint on disk is from step 4 of 10 (steps 4, 5 are lost)
+        # the kill really was mid-run: the checkpoint on
+        # disk is from step 4 of 10 (steps 4, 5 are lost)
         step_on_disk = load_tensors(killed / "ckpt.safetensors")[1]["step"]
         assert 0 < step_on_disk < KILL_STEPS and step_on_disk == KILL_CKPT
 
@@ -236,7 +244,8 @@ def test_resume_restores_dropout_rng_after_sigkill(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_train_state_restores_the_cuda_rng(tmp_path):
-    """Kills: a checkpoint that keeps only the CPU generator (dropout on a GPU draws other masks after a resume)."""
+    """Kills: a checkpoint that keeps only the CPU generator
+    (dropout on a GPU draws other masks after a resume)."""
     cfg = _cfg(device="cuda")
     model = _model(dropout=0.2).to("cuda")
     opt = make_optimizer(model, cfg)
@@ -253,7 +262,8 @@ def test_train_state_restores_the_cuda_rng(tmp_path):
 
 
 def test_grad_clip_is_clip_grad_norm(monkeypatch):
-    """Kills: clipping removed from the trainer (the optimizer is given the raw gradient, norm >> grad_clip)."""
+    """Kills: clipping removed from the trainer (the optimizer
+    is given the raw gradient, norm >> grad_clip)."""
     clip, ids = 0.05, _ids()
     cfg = _cfg(max_steps=2, warmup_steps=2, grad_clip=clip)
     model = _model()
@@ -271,12 +281,13 @@ def test_grad_clip_is_clip_grad_norm(monkeypatch):
         loss.backward()
         raw = torch.nn.utils.clip_grad_norm_(ref.parameters(), clip).item()
         assert raw > 10 * clip  # clipping is active
-        # the same computation: the gradient the trainer stepped with is bit-identical to torch's clipping
+        # the same computation: the gradient the trainer
+        # stepped with is bit-identical to torch's clipping
         for mine, theirs in zip(spy.grads[step], [p.grad for p in ref.parameters()]):
             assert torch.equal(mine, theirs)
-        # clip_grad_norm_ scales by clip / (raw + 1e-6), so the norm becomes clip * raw / (raw + 1e-6), up to
-        # float32 rounding: of raw itself (a sum of P squares: log2(P) * eps / 2), of the coefficient (2 roundings)
-        # and of each scaled element (eps / 2)
+        # clip_grad_norm_ scales by clip / (raw + 1e-6), so the norm becomes clip * raw /
+        # (raw + 1e-6), up to float32 rounding: of raw itself (a sum of P squares: log2(P)
+        # * eps / 2), of the coefficient (2 roundings) and of each scaled element (eps / 2)
         expected = clip * raw / (raw + 1e-6)
         n_params = sum(p.numel() for p in ref.parameters())
         assert (
@@ -297,7 +308,8 @@ def test_grad_clip_is_clip_grad_norm(monkeypatch):
 
 
 def test_accumulation_equals_one_big_batch(monkeypatch):
-    """Kills: loss not divided by grad_accum (stepped gradient k times too big); loss_sum = instead of += (train_loss)."""
+    """Kills: loss not divided by grad_accum (stepped gradient k
+    times too big); loss_sum = instead of += (train_loss)."""
     k, b, ids = 4, 2, _ids()
     cfg = _cfg(batch_size=b, grad_accum=k, grad_clip=0)
     model = _model()
@@ -313,8 +325,9 @@ def test_accumulation_equals_one_big_batch(monkeypatch):
     loss.backward()
     g_big = [p.grad.clone() for p in big.parameters()]
     n = y.numel()
-    # the stepped gradient and the big batch's: the same n per-token contributions summed in a different
-    # order (and in k partial sums): |error| <= n * eps32 * |sum|, per tensor in the Euclidean norm
+    # the stepped gradient and the big batch's: the same n per-token
+    # contributions summed in a different order (and in k partial sums):
+    # |error| <= n * eps32 * |sum|, per tensor in the Euclidean norm
     for mine, theirs in zip(spy.grads[0], g_big):
         assert torch.linalg.vector_norm(mine - theirs) <= n * EPS32 * torch.linalg.vector_norm(
             theirs
@@ -342,7 +355,8 @@ def test_accumulation_equals_one_big_batch(monkeypatch):
 
 
 def test_accumulation_draws_fresh_micro_batches(monkeypatch):
-    """Kills: micro-batch seed step + micro instead of step * grad_accum + micro (step 1 reuses a batch of step 0)."""
+    """Kills: micro-batch seed step + micro instead of step *
+    grad_accum + micro (step 1 reuses a batch of step 0)."""
     k, steps = 3, 3
     model = _model()
     spy = _Spy(monkeypatch, model)
@@ -355,11 +369,13 @@ def test_accumulation_draws_fresh_micro_batches(monkeypatch):
             assert not torch.equal(xs[i], xs[j]), (j, i)
 
 
-# --- 5. the gradient scaler (fp16) path ------------------------------------------------------------
+# --- 5. the gradient scaler (fp16) path
+# ------------------------------------------------------------
 
 
 def _cpu_scaler(monkeypatch, init_scale, force_enabled):
-    """Make the trainer's ``torch.amp.GradScaler("cuda", ...)`` a real CPU scaler (CPU has no CUDA scaler)."""
+    """Make the trainer's ``torch.amp.GradScaler("cuda",
+    ...)`` a real CPU scaler (CPU has no CUDA scaler)."""
     real, made = torch.amp.GradScaler, []
 
     def factory(device="cuda", enabled=True, **kw):
@@ -372,7 +388,8 @@ def _cpu_scaler(monkeypatch, init_scale, force_enabled):
 
 
 def test_scaler_in_fp32_changes_nothing(monkeypatch):
-    """Kills: clip_grad_norm_ before scaler.unscale_ (clips the scaled gradient: weights and stepped gradient differ)."""
+    """Kills: clip_grad_norm_ before scaler.unscale_ (clips the
+    scaled gradient: weights and stepped gradient differ)."""
     ids = _ids()
     cfg = _cfg(max_steps=2, warmup_steps=2, grad_clip=0.05)
     plain = _model()
@@ -399,7 +416,8 @@ def test_scaler_in_fp32_changes_nothing(monkeypatch):
 
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
 def test_fp16_overflow_skips_the_step_and_backs_off(monkeypatch, grad_clip):
-    """Kills: opt.step() instead of scaler.step(opt) (weights change/NaN); scaler.update() removed (scale not halved)."""
+    """Kills: opt.step() instead of scaler.step(opt) (weights
+    change/NaN); scaler.update() removed (scale not halved)."""
     cfg = _cfg(grad_clip=grad_clip)
     cfg.dtype = (
         "float16"  # TrainConfig refuses fp16 on CPU only because the trainer's scaler is CUDA's

@@ -1,4 +1,5 @@
-"""The isoFLOP view, widget and small multiples of lmkit.viz.scaling (chapter 14): call them directly."""
+"""The isoFLOP view, widget and small multiples of
+lmkit.viz.scaling (chapter 14): call them directly."""
 
 import math
 
