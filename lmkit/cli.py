@@ -1,52 +1,220 @@
-"""Command line: ``python -m lmkit {train,generate,eval,env,bench,serve} --help``."""
+"""Command line: ``python -m lmkit {train,generate,eval,env,bench,serve} --help``.
+
+``train`` has one flag per field of :class:`~lmkit.models.GPTConfig` and
+:class:`~lmkit.train.TrainConfig`, named after the field (``--warmup-steps`` sets ``warmup_steps``),
+generated from the dataclasses by :func:`add_config_flags`; a flag left out keeps the value of the
+``--preset``, and no value is derived from another. Every subcommand reports a ``ValueError`` or
+``FileNotFoundError`` as one line on stderr, ``lmkit <command>: error: <message>``, and exit
+status 2.
+
+The lmkit imports are inside the functions, so that importing this module stays cheap; building
+the parser imports the two config dataclasses (and with them torch) to read their fields.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import platform
 import shlex
 import sys
 import time
+import types
+import typing
 from pathlib import Path
 
-PRESETS = {
-    # tiny: seconds on a CPU (tests, smoke runs)
-    "tiny": dict(
-        n_layer=2,
-        n_head=2,
-        n_embd=64,
-        block_size=64,
-        max_steps=100,
-        batch_size=8,
-        lr=3e-3,
-        warmup=10,
-    ),
-    # cpu: the shipped checkpoints (about ten minutes on two cores)
-    "cpu": dict(
-        n_layer=4,
-        n_head=4,
-        n_embd=128,
-        block_size=256,
-        max_steps=1500,
-        batch_size=16,
-        lr=3e-3,
-        warmup=100,
-    ),
-    # gpu: GPT-2 small (124M) shape, bf16 and torch.compile
-    "gpu": dict(
-        n_layer=12,
-        n_head=12,
-        n_embd=768,
-        block_size=1024,
-        max_steps=5000,
-        batch_size=16,
-        lr=6e-4,
-        warmup=200,
-        dtype="bfloat16",
-        compile=True,
-    ),
-}
+if typing.TYPE_CHECKING:
+    from lmkit.train import TrainConfig
+
+# Fields that get no flag. The builder raises on a field it cannot turn into a flag: add it here,
+# with the reason, or teach _flag_type its type.
+NO_FLAG_FIELDS = (
+    "vocab_size",  # GPTConfig: the tokenizer's size, known once the tokenizer is built
+    "out_dir",  # TrainConfig: set by --out DIR, which also receives the tokenizer and info.json
+)
+
+
+@functools.cache
+def presets() -> dict[str, tuple[dict, TrainConfig]]:
+    """The presets of ``lmkit train --preset NAME``: name -> (GPTConfig keywords, TrainConfig).
+
+    The GPTConfig keywords leave out ``vocab_size`` (the tokenizer's); a field a preset does not
+    name has the dataclass's default. ``device="auto"`` is resolved by :func:`configs_from_args`
+    (:func:`lmkit.env.pick_device`: cuda, then mps, then cpu). ``min_lr`` is written as
+    ``lr / 10`` in numbers: the float the shipped checkpoints were trained with (``3e-3 / 10`` is
+    0.00030000000000000003, one rounding step from ``3e-4``). Built on first use: TrainConfig's
+    module imports torch.
+    """
+    from lmkit.train import TrainConfig
+
+    return {
+        # tiny: seconds on a CPU (tests, smoke runs)
+        "tiny": (
+            dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
+            TrainConfig(
+                max_steps=100,
+                batch_size=8,
+                lr=3e-3,
+                min_lr=3e-3 / 10,
+                warmup_steps=10,
+                device="auto",
+                eval_interval=250,
+                ckpt_interval=250,
+            ),
+        ),
+        # cpu: the shipped checkpoints (about ten minutes on two cores)
+        "cpu": (
+            dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
+            TrainConfig(
+                max_steps=1500,
+                batch_size=16,
+                lr=3e-3,
+                min_lr=3e-3 / 10,
+                warmup_steps=100,
+                device="auto",
+                eval_interval=250,
+                ckpt_interval=250,
+            ),
+        ),
+        # gpu: GPT-2 small (124M) shape, bf16 and torch.compile
+        "gpu": (
+            dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+            TrainConfig(
+                max_steps=5000,
+                batch_size=16,
+                lr=6e-4,
+                min_lr=6e-4 / 10,
+                warmup_steps=200,
+                dtype="bfloat16",
+                compile=True,
+                device="auto",
+                eval_interval=250,
+                ckpt_interval=250,
+            ),
+        ),
+    }
+
+
+def config_classes() -> tuple[type, type]:
+    """(GPTConfig, TrainConfig): the dataclasses behind ``train``'s flags, in a preset's order."""
+    from lmkit.models import GPTConfig
+    from lmkit.train import TrainConfig
+
+    return GPTConfig, TrainConfig
+
+
+def _flag_type(cls, f: dataclasses.Field) -> dict:
+    """``add_argument`` keywords for field ``f`` of dataclass ``cls``, read from its annotation."""
+    hint = typing.get_type_hints(cls)[f.name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: a flag gives an X
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else hint
+    scalars = (int, float, str)
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if hint in scalars:
+        return {"type": hint, "metavar": hint.__name__.upper()}
+    if hint is tuple or typing.get_origin(hint) is tuple:
+        items = typing.get_args(hint)
+        if len(items) == 2 and items[1] is Ellipsis and items[0] in scalars:  # tuple[float, ...]
+            return {"type": items[0], "nargs": "+", "metavar": items[0].__name__.upper()}
+        if not items:  # a bare ``tuple``: the default says how many of what
+            default = _field_default(f)
+            items = tuple(type(v) for v in default) if isinstance(default, tuple) else ()
+        if items and len(set(items)) == 1 and items[0] in scalars:
+            name = items[0].__name__.upper()
+            return {"type": items[0], "nargs": len(items), "metavar": (name,) * len(items)}
+    raise TypeError(
+        f"{cls.__name__}.{f.name}: no command-line flag for type {hint!r}; teach "
+        "lmkit.cli._flag_type the type or list the field in lmkit.cli.NO_FLAG_FIELDS, with why"
+    )
+
+
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _preset_value(part, f: dataclasses.Field):
+    """Field ``f`` in one half of a preset (a dict of keywords or a dataclass instance)."""
+    if isinstance(part, dict):
+        return part.get(f.name, _field_default(f))
+    return getattr(part, f.name, _field_default(f))
+
+
+def _show(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(_show(v) for v in value)
+    if isinstance(value, float):  # 0.0003, not 0.00030000000000000003
+        return str(float(format(value, ".12g")))
+    return str(value)
+
+
+def add_config_flags(parser, classes=None, skip=None, preset_table=None) -> None:
+    """One flag per field of each dataclass in ``classes`` (default :func:`config_classes`).
+
+    ``--n-layer`` for ``n_layer``: types from the annotations (int, float, str; bool as
+    ``--x/--no-x``; a tuple as that many values). Every flag defaults to None, "keep the
+    preset's value"; its help lists the presets' values. Fields in ``skip`` (default
+    :data:`NO_FLAG_FIELDS`) get no flag.
+    """
+    classes = classes or config_classes()
+    skip = NO_FLAG_FIELDS if skip is None else skip
+    preset_table = presets() if preset_table is None else preset_table
+    for i, cls in enumerate(classes):
+        group = parser.add_argument_group(
+            f"{cls.__name__} fields",
+            f"default: the preset's value (lmkit.cli.presets()[NAME][{i}])",
+        )
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            values = {name: _show(_preset_value(p[i], f)) for name, p in preset_table.items()}
+            shown = (
+                next(iter(values.values()))
+                if len(set(values.values())) == 1
+                else ", ".join(f"{name} {v}" for name, v in values.items())
+            )
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                default=None,
+                help=f"preset: {shown}".replace("%", "%%"),
+                **_flag_type(cls, f),
+            )
+
+
+def _flags_set(args, cls) -> dict:
+    """{field: value} for the fields of ``cls`` whose flag was given (not None)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if f.name not in NO_FLAG_FIELDS and value is not None:
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def configs_from_args(args) -> tuple[dict, TrainConfig]:
+    """(GPTConfig keywords without vocab_size, TrainConfig) named by parsed ``train`` flags.
+
+    The ``--preset``'s two configs with every given flag replacing its field; ``out_dir`` is
+    ``--out`` and a ``device`` of ``"auto"`` becomes :func:`lmkit.env.pick_device`'s choice. The
+    model keywords are checked here (with a stand-in vocab_size), before a tokenizer is built.
+    """
+    from lmkit.env import pick_device
+
+    GPTConfig, TrainConfig = config_classes()
+    model_preset, train_preset = presets()[args.preset]
+    model = {**model_preset, **_flags_set(args, GPTConfig)}
+    GPTConfig(vocab_size=1, **model)  # raises ValueError on a bad shape, e.g. n_embd % n_head
+    overrides = _flags_set(args, TrainConfig)
+    overrides["device"] = pick_device(overrides.get("device", train_preset.device))
+    return model, dataclasses.replace(train_preset, out_dir=str(args.out), **overrides)
 
 
 def _model_source(args):
@@ -69,33 +237,13 @@ def _add_model_source(p):
     p.add_argument("--device", default="cpu")
 
 
-def cmd_train(args):
+def _tokenized_corpus(args, out: Path):
+    """(tokenizer, train ids, val ids): the tokenizer saved in ``out`` (a resumed run's) or a new
+    one built from the training split of ``--corpus`` and saved there."""
     import torch
 
     from lmkit.data import BPETokenizer, CharTokenizer, load_splits, load_tokenizer
-    from lmkit.env import pick_device
-    from lmkit.models import GPT, GPTConfig
-    from lmkit.train import TrainConfig, evaluate_loss, train
 
-    preset = dict(PRESETS[args.preset])
-    for key in (
-        "n_layer",
-        "n_head",
-        "n_embd",
-        "block_size",
-        "max_steps",
-        "batch_size",
-        "lr",
-        "warmup",
-        "dtype",
-    ):
-        if getattr(args, key) is not None:
-            preset[key] = getattr(args, key)
-    if args.compile:
-        preset["compile"] = True
-    device = args.device or str(pick_device())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     splits = load_splits(args.corpus)
     if (out / "tokenizer.json").exists():
         tok = load_tokenizer(out)
@@ -106,48 +254,22 @@ def cmd_train(args):
     tok.save(out)
     train_ids = torch.tensor(tok.encode(splits["train"]), dtype=torch.long)
     val_ids = torch.tensor(tok.encode(splits["val"]), dtype=torch.long)
-    torch.manual_seed(args.seed)
-    cfg = GPTConfig(
-        vocab_size=tok.vocab_size,
-        block_size=preset["block_size"],
-        n_layer=preset["n_layer"],
-        n_head=preset["n_head"],
-        n_embd=preset["n_embd"],
-        dropout=args.dropout,
-        pos_emb=args.pos_emb,
-    )
-    model = GPT(cfg)
-    tcfg = TrainConfig(
-        max_steps=preset["max_steps"],
-        batch_size=preset["batch_size"],
-        grad_accum=args.grad_accum,
-        lr=preset["lr"],
-        min_lr=preset["lr"] / 10,
-        warmup_steps=preset["warmup"],
-        dtype=preset.get("dtype", "float32"),
-        compile=preset.get("compile", False),
-        device=device,
-        seed=args.seed,
-        eval_interval=args.eval_interval,
-        ckpt_interval=args.ckpt_interval,
-        out_dir=str(out),
-        resume=not args.no_resume,
-        progress=not args.no_progress,
-    )
-    t0 = time.time()
-    history = train(model, train_ids, val_ids, tcfg)
-    import os
+    return tok, train_ids, val_ids
 
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    val_loss = evaluate_loss(model, val_ids, cfg.block_size, 32)
-    from lmkit.checkpoint import save_model
 
+def _train_record(args, model, tok, val_ids, tcfg, history, t0: float) -> dict:
+    """The ``info.json`` of a finished run: command, data, result, speed, machine, config."""
+    import torch
+
+    from lmkit.train import evaluate_loss
+
+    val_loss = evaluate_loss(model, val_ids, model.config.block_size, 32)
+    command = args.record_command
+    if command is None:
+        command = "python -m lmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     info = {
-        "name": out.name,
-        "command": "python -m lmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        if args.record_command is None
-        else args.record_command,
+        "name": Path(tcfg.out_dir).name,
+        "command": command,
         "corpus": args.corpus,
         "tokenizer": tok.kind,
         "val_loss": round(val_loss, 6),
@@ -155,13 +277,14 @@ def cmd_train(args):
         "train_time_s": round(history["elapsed_s"], 1),
         "wall_time_s": round(time.time() - t0, 1),
         "tokens_per_s": round(history["tokens_per_s"] or 0.0, 1),
-        "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device {device}",
+        "hardware": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, device {tcfg.device}",
         "torch": torch.__version__,
         "params": model.num_params(),
         "steps": history["step"][-1] if history["step"] else 0,
         "train_config": {k: v for k, v in vars(tcfg).items() if k not in ("out_dir", "progress")},
     }
-    if device.startswith("cuda"):
+    if tcfg.device.startswith("cuda"):
         from lmkit.train import gpu_peak_flops, mfu
 
         name = torch.cuda.get_device_name()
@@ -169,16 +292,32 @@ def cmd_train(args):
         info["gpu"] = name
         if peak and info["tokens_per_s"]:
             info["mfu"] = round(mfu(info["tokens_per_s"], model.flops_per_token(), peak), 4)
+    return info
+
+
+def cmd_train(args):
+    import os
+
+    import torch
+
+    from lmkit.checkpoint import save_model
+    from lmkit.models import GPT, GPTConfig
+    from lmkit.train import train  # looked up at call time: tests/test_ddp.py wraps it
+
+    model_kwargs, tcfg = configs_from_args(args)
+    out = Path(tcfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok, train_ids, val_ids = _tokenized_corpus(args, out)
+    torch.manual_seed(tcfg.seed)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **model_kwargs))
+    t0 = time.time()
+    history = train(model, train_ids, val_ids, tcfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone writes the result
+        return
+    info = _train_record(args, model, tok, val_ids, tcfg, history, t0)
     save_model(out, model.to("cpu"), tok, info)
-    print(
-        json.dumps(
-            {
-                k: info[k]
-                for k in ("val_loss", "train_time_s", "tokens_per_s", "params", "steps", "mfu")
-                if k in info
-            }
-        )
-    )
+    keys = ("val_loss", "train_time_s", "tokens_per_s", "params", "steps", "mfu")
+    print(json.dumps({k: info[k] for k in keys if k in info}))
 
 
 def cmd_generate(args):
@@ -186,11 +325,13 @@ def cmd_generate(args):
 
     from lmkit.generate import beam_search, generate
 
+    if args.num_beams < 1:
+        raise ValueError(f"--num-beams must be >= 1, got {args.num_beams}")
     model, tok, _ = _model_source(args)
     ids = torch.tensor([tok.encode(args.prompt)], dtype=torch.long, device=args.device)
     t0 = time.perf_counter()
-    if args.beams > 1:
-        out, _ = beam_search(model, ids, args.max_new_tokens, num_beams=args.beams)
+    if args.num_beams > 1:
+        out, _ = beam_search(model, ids, args.max_new_tokens, num_beams=args.num_beams)
     else:
         out = generate(
             model,
@@ -244,6 +385,14 @@ def cmd_env(args):
 
 
 def cmd_bench(args):
+    # checked before the benchmark runs (minutes), not after
+    if args.new_tokens < 1 or args.train_steps < 1:
+        raise ValueError(
+            f"--new-tokens and --train-steps must be >= 1, got {args.new_tokens} and "
+            f"{args.train_steps}"
+        )
+    if args.out and not Path(args.out).parent.is_dir():
+        raise FileNotFoundError(f"--out {args.out}: directory {Path(args.out).parent} not found")
     if args.quant:
         from lmkit.quant.bench import run_quant_bench
 
@@ -264,16 +413,20 @@ def cmd_serve(args):
     run_server(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(classes=None) -> argparse.ArgumentParser:
+    """The ``python -m lmkit`` parser; ``classes`` (default :func:`config_classes`) are the
+    dataclasses whose fields become ``train``'s flags (tests pass others)."""
     parser = argparse.ArgumentParser(
-        prog="python -m lmkit", description="lmkit: the book's companion library."
+        prog="lmkit", description="lmkit: the book's companion library."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
         "train",
         help="train a GPT on an offline corpus",
-        description="Train a GPT on an offline corpus.",
+        description="Train a GPT on an offline corpus. One flag per GPTConfig and TrainConfig "
+        "field, named after it; a flag left out keeps the preset's value. --device auto (every "
+        "preset's) picks cuda, then mps, then cpu.",
     )
     p.add_argument(
         "--out", required=True, help="output directory (checkpoint, tokenizer, info.json)"
@@ -281,32 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default="pydoc", choices=["pydoc", "stdlib", "book"])
     p.add_argument("--tokenizer", default="char", choices=["char", "bpe"])
     p.add_argument("--bpe-vocab", type=int, default=2048)
-    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    for name, typ in (
-        ("n-layer", int),
-        ("n-head", int),
-        ("n-embd", int),
-        ("block-size", int),
-        ("max-steps", int),
-        ("batch-size", int),
-        ("lr", float),
-        ("warmup", int),
-    ):
-        p.add_argument(f"--{name}", type=typ, default=None, help="overrides the preset")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--pos-emb", default="learned", choices=["learned", "rope"])
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--eval-interval", type=int, default=250)
-    p.add_argument("--ckpt-interval", type=int, default=250)
     p.add_argument(
-        "--no-resume", action="store_true", help="start over even if OUT holds a checkpoint"
+        "--preset",
+        default="cpu",
+        choices=list(presets()),
+        help="tiny (seconds on a CPU), cpu (the shipped checkpoints) or gpu (GPT-2 small, bf16, "
+        "compiled); default cpu",
     )
-    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--record-command", default=None, help=argparse.SUPPRESS)
+    add_config_flags(p, classes)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -320,7 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--beams", type=int, default=1, help="beam search with this many beams (>1)")
+    p.add_argument(
+        "--num-beams",
+        type=int,
+        default=1,
+        help="beam search with this many beams when > 1 (then --temperature, --top-k, --top-p "
+        "and --seed do not apply); default 1: sampling",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="decode without the KV cache")
     p.set_defaults(func=cmd_generate)
@@ -367,5 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        message = " ".join(str(e).splitlines())  # one line, whatever the exception says
+        parser.exit(2, f"lmkit {args.command}: error: {message}\n")

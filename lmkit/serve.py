@@ -658,7 +658,8 @@ def limits_from_args(args: argparse.Namespace) -> ServerLimits:
 def run_server(args: argparse.Namespace) -> None:
     """Start the server from flags parsed with :func:`add_serve_arguments`. Explained in chapter 13.
 
-    Bad limits or an unreadable checkpoint exit with a one-line message instead of a traceback.
+    Bad limits or an unreadable checkpoint raise ``ValueError``/``FileNotFoundError``, which the
+    command line (:func:`lmkit.cli.main`) reports as one line with exit status 2.
     """
     try:
         import torch
@@ -672,19 +673,5 @@ def run_server(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"lmkit serve: {e}; install the server extras: pip install 'lmkit[serve]'"
         ) from None
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"lmkit serve: error: {e}") from None
 
     _serve_forever(app, args.host, args.port, args.log_level)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m lmkit.serve --checkpoint DIR [...]``. Explained in chapter 13."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lmkit serve", description="Serve an lmkit GPT checkpoint over HTTP."
-    )
-    run_server(add_serve_arguments(parser).parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

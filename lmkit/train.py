@@ -7,7 +7,8 @@ precision (bf16 autocast on CPU and CUDA; fp16 with a gradient scaler on CUDA), 
 
 Exact resume works because nothing depends on hidden state: the batch of step ``s`` is drawn from
 a generator seeded with ``(seed, rank, s)``, and the checkpoint stores the weights, the optimizer
-moments, the global RNG state (for dropout; the GPU's too when training on one) and the metrics so far.
+moments, the global RNG state (for dropout; the GPU's too when training on one) and the metrics so
+far.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class TrainConfig:
     min_lr: float = 3e-4
     warmup_steps: int = 20
     weight_decay: float = 0.1
-    betas: tuple = (0.9, 0.95)
+    betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # 0 disables clipping
     dtype: str = "float32"  # "float32", "bfloat16" or "float16" (fp16 needs CUDA)
     compile: bool = False
@@ -58,7 +59,8 @@ class TrainConfig:
             )
         if self.dtype == "float16" and not str(self.device).startswith("cuda"):
             raise ValueError(
-                "float16 training needs a CUDA device (it relies on a gradient scaler); use 'bfloat16' on CPU"
+                "float16 training needs a CUDA device (it relies on a gradient scaler); "
+                "use 'bfloat16' on CPU"
             )
         for name in ("max_steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
@@ -191,7 +193,8 @@ def load_train_state(path, model, opt) -> tuple[int, dict]:
 
 
 def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: TrainConfig) -> dict:
-    """Train ``model`` on next-token prediction over ``train_ids`` (N,). Returns the metrics history.
+    """Train ``model`` on next-token prediction over ``train_ids`` (N,); returns the metrics
+    history.
 
     History keys: ``step``, ``train_loss``, ``lr`` (every step), ``eval_step``, ``val_loss``,
     ``tokens_per_s``, ``elapsed_s``. With ``out_dir`` set, ``ckpt.safetensors`` and
@@ -320,5 +323,6 @@ GPU_PEAK_FLOPS = (
 
 
 def gpu_peak_flops(device_name: str) -> float | None:
-    """Peak FLOP/s of a GPU from ``torch.cuda.get_device_name()``; None when it is not in the table."""
+    """Peak FLOP/s of a GPU from ``torch.cuda.get_device_name()``; None when it is not in the
+    table."""
     return next((peak for key, peak in GPU_PEAK_FLOPS if key in device_name), None)

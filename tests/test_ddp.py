@@ -140,7 +140,7 @@ def _train_argv(out, batch_size: int, steps: int, grad_accum: int) -> list[str]:
             str(batch_size),
             "--grad-accum",
             str(grad_accum),
-            "--warmup",
+            "--warmup-steps",
             "0",
             "--seed",
             "7",
@@ -187,7 +187,8 @@ def test_lmkit_trainer_ddp_equals_single_process_on_the_global_batch(tmp_path, m
     """
     from safetensors.torch import load_file
 
-    # tol: DDP vs one process differ by about 5e-7 (all-reduce order); both bugs move weights by about 1e-2
+    # tol: DDP vs one process differ by about 5e-7 (all-reduce
+    # order); both bugs move weights by about 1e-2
     per_rank, steps, accum, tol = 2, 2, 2, 1e-5
     script = tmp_path / "ddp_train_worker.py"
     script.write_text(_TRAIN_WORKER)
@@ -205,7 +206,8 @@ def test_lmkit_trainer_ddp_equals_single_process_on_the_global_batch(tmp_path, m
     ]
     assert len(drawn[0]) == len(drawn[1]) == steps * accum
 
-    # every rank trains on its own data; the same draw on both ranks makes the global batch one batch twice
+    # every rank trains on its own data; the same draw on
+    # both ranks makes the global batch one batch twice
     for k, ((x0, _), (x1, _)) in enumerate(zip(*drawn)):
         assert not torch.equal(x0, x1), (
             f"micro-batch {k}: rank 1 drew rank 0's sequences (rank missing from the seed?)"

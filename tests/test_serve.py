@@ -43,7 +43,7 @@ from lmkit.serve import (  # noqa: E402
     create_app,
     deadline_check,
     limits_from_args,
-    main,
+    run_server,
 )
 
 CHARS = "abcdefghijklmnopqrstuvwxyz .,!?\n"
@@ -940,10 +940,11 @@ def test_cli_flags_and_errors(tmp_path, capsys):
     assert (
         limits.max_new_tokens == 7 and limits.timeout_s == 2.5 and limits.max_prompt_tokens is None
     )
-    with pytest.raises(SystemExit, match="model.safetensors"):
-        main(["--checkpoint", str(tmp_path / "missing")])
-    with pytest.raises(SystemExit, match="max_new_tokens"):
-        main(["--checkpoint", str(tmp_path), "--max-new-tokens", "0"])
+    parser = add_serve_arguments(argparse.ArgumentParser())
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        run_server(parser.parse_args(["--checkpoint", str(tmp_path / "missing")]))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        run_server(parser.parse_args(["--checkpoint", str(tmp_path), "--max-new-tokens", "0"]))
 
 
 def read_listening_line(proc, limit_s=120):
