@@ -142,6 +142,8 @@ def single_process_grads(
     if shard_of is not None:
         x, y = shard(x, *shard_of), shard(y, *shard_of)
     _, loss = net(x, y)
+    # a bare backward on purpose: the gradients are the result, so no optimizer_step (which would
+    # also update the weights); the DDP worker below shows the same call with its hooks
     loss.backward()
     return {n: p.grad.detach().clone() for n, p in net.named_parameters()}
 
@@ -233,7 +235,7 @@ def ddp_gradient_check(
 
 
 def tiny_train_args(out_dir: str, steps: int = 10, extra: list[str] | None = None) -> list[str]:
-    """Arguments of ``python -m lmkit train --preset tiny`` for a short run (used under torchrun)."""
+    """Arguments of ``python -m lmkit train --preset tiny`` for a short run (under torchrun)."""
     return [
         "lmkit",
         "train",
@@ -272,10 +274,10 @@ def train_memory_bytes(
 
     ``strategy``: ``DP`` (every GPU holds everything), ``ZeRO-1`` (optimizer state sharded),
     ``ZeRO-2`` (+ gradients), ``ZeRO-3`` (= FSDP full shard; + weights), ``TP`` (tensor parallel of
-    degree ``n_gpus``: each GPU holds 1/n of every matrix) and ``PP`` (pipeline of ``n_gpus`` stages:
-    each GPU holds 1/n of the layers). Activations and temporary buffers are not counted; TP and
-    PP are taken as perfectly balanced. Returns a dict with ``weights``, ``grads``, ``optimizer``
-    and ``total`` in bytes. Explained in chapter 17.
+    degree ``n_gpus``: each GPU holds 1/n of every matrix) and ``PP`` (pipeline of ``n_gpus``
+    stages: each GPU holds 1/n of the layers). Activations and temporary buffers are not counted;
+    TP and PP are taken as perfectly balanced. Returns a dict with ``weights``, ``grads``,
+    ``optimizer`` and ``total`` in bytes. Explained in chapter 17.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -297,7 +299,7 @@ def train_memory_bytes(
 def memory_table(
     models: dict[str, float], n_gpus: int = 8, precision: str = "mixed", strategies=STRATEGIES
 ) -> list[dict]:
-    """Rows {model, params, <strategy>: GiB per GPU} for each model in ``models`` {name: n_params}."""
+    """Rows {model, params, <strategy>: GiB per GPU}, one per entry of ``models`` {name: N}."""
     rows = []
     for name, n in models.items():
         row = {"model": name, "params": n}
@@ -308,7 +310,10 @@ def memory_table(
 
 
 def bubble_fraction(stages: int, microbatches: int) -> float:
-    """Idle share of a GPipe schedule: (p - 1) / (m + p - 1) for p stages, m micro-batches. Chapter 17."""
+    """Idle share of a GPipe schedule: (p - 1) / (m + p - 1) for p stages, m micro-batches.
+
+    Explained in chapter 17.
+    """
     if stages < 1 or microbatches < 1:
         raise ValueError("stages and microbatches must be >= 1")
     return (stages - 1) / (microbatches + stages - 1)

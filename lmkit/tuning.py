@@ -32,16 +32,6 @@ from lmkit.train import TrainConfig, evaluate_loss, lr_at, train
 # --------------------------------------------------------------------------------------------
 
 
-def non_embedding_params(model) -> int:
-    """Parameters outside the token and position embeddings (Kaplan et al.'s N)."""
-    n = sum(p.numel() for p in model.parameters())
-    t = model.transformer
-    n -= t.wte.weight.numel()
-    if "wpe" in t:
-        n -= t.wpe.weight.numel()
-    return n
-
-
 def make_gpt(
     vocab_size: int,
     block_size: int = 64,
@@ -92,7 +82,8 @@ def train_steps(
 
     Batches (batch_size, block_size) are drawn from ``train_ids`` (N,) by a generator seeded with
     ``seed``, so two runs with the same seed see the same data in the same order. Training stops
-    early when the loss exceeds ``stop_loss`` or is not finite. Returns ``{"lr": [...], "loss": [...]}``.
+    early when the loss exceeds ``stop_loss`` or is not finite. Returns
+    ``{"lr": [...], "loss": [...]}``.
     """
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr_fn(0), betas=betas, weight_decay=weight_decay)
@@ -213,12 +204,6 @@ def schedule_lrs(
     return out
 
 
-@torch.no_grad()
-def eval_loss(model, ids: torch.Tensor, batches: int = 4, batch_size: int = 32) -> float:
-    """Mean loss on the first ``batches * batch_size`` non-overlapping blocks of ``ids``."""
-    return evaluate_loss(model, ids, model.config.block_size, batch_size, batches)
-
-
 def train_run(
     train_ids: torch.Tensor,
     val_ids: torch.Tensor,
@@ -238,7 +223,9 @@ def train_run(
 ) -> dict:
     """Train a fresh seeded tiny GPT with these hyper-parameters; the unit of every search.
 
-    Returns ``{"val_loss", "train_loss" (list), "lr" (list), "params"}``. Explained in chapter 14.
+    Returns ``{"val_loss", "train_loss" (list), "lr" (list), "params"}``; ``val_loss`` is the mean
+    loss on the first ``eval_batches`` x 32 blocks of ``val_ids`` and ``params`` is Kaplan et al.'s
+    N (every parameter but the token and position tables). Explained in chapter 14.
     """
     model = make_gpt(vocab_size, block_size, n_layer, n_embd, seed=seed)
     lrs = schedule_lrs(schedule, lr, steps, **schedule_kw)
@@ -246,12 +233,17 @@ def train_run(
         model, train_ids, steps, lambda s: lrs[s], batch_size, seed, weight_decay, device=device
     )
     diverged = len(hist["loss"]) < steps or not math.isfinite(hist["loss"][-1])
-    val = float("inf") if diverged else eval_loss(model, val_ids, eval_batches)
+    val = float("inf")
+    if not diverged:
+        with torch.no_grad():  # the first eval_batches x 32 blocks of val_ids, always the same
+            val = evaluate_loss(model, val_ids, block_size, 32, eval_batches)
+    c = model.param_counts()
     return {
         "val_loss": val,
         "train_loss": hist["loss"],
         "lr": hist["lr"],
-        "params": non_embedding_params(model),
+        # Kaplan et al.'s N: all but the vocabulary and position tables (lm_head is 0: tied)
+        "params": c["total"] - c["wte"] - c["wpe"] - c["lm_head"],
     }
 
 
@@ -351,8 +343,9 @@ def scaling_study(
     """Train one tiny GPT per ``(n_layer, n_embd)`` in ``sizes`` with :func:`lmkit.train.train`.
 
     Every model sees the same batches for the same number of steps. Returns one record per size:
-    ``n_layer``, ``n_embd``, ``params`` (non-embedding N), ``steps``, ``tokens`` (D, per evaluation),
-    ``flops`` (C = 6 N D, per evaluation), ``val_loss`` (per evaluation) and ``final_loss``.
+    ``n_layer``, ``n_embd``, ``params`` (Kaplan et al.'s N, as in :func:`train_run`), ``steps``,
+    ``tokens`` (D, per evaluation), ``flops`` (C = 6 N D, per evaluation), ``val_loss`` (per
+    evaluation) and ``final_loss``.
     """
     records = []
     for n_layer, n_embd in sizes:
@@ -371,7 +364,8 @@ def scaling_study(
             progress=False,
         )
         hist = train(model, train_ids, val_ids, cfg)
-        n = non_embedding_params(model)
+        c = model.param_counts()
+        n = c["total"] - c["wte"] - c["wpe"] - c["lm_head"]  # Kaplan et al.'s N, as in train_run
         tokens = [s * batch_size * block_size for s in hist["eval_step"]]
         records.append(
             {
@@ -438,13 +432,13 @@ def compute_frontier(records: list[dict]) -> tuple[list[float], list[float]]:
     Returns (flops, loss) sorted by flops, keeping only points that beat every cheaper point:
     the compute-efficient frontier.
     """
-    pts = sorted((f, l) for r in records for f, l in zip(r["flops"], r["val_loss"]))
+    pts = sorted((f, loss) for r in records for f, loss in zip(r["flops"], r["val_loss"]))
     xs, ys, best = [], [], float("inf")
-    for f, l in pts:
-        if l < best:
-            best = l
+    for f, loss in pts:
+        if loss < best:
+            best = loss
             xs.append(f)
-            ys.append(l)
+            ys.append(loss)
     return xs, ys
 
 
@@ -466,7 +460,10 @@ def chinchilla_loss(
     alpha: float = 0.34,
     beta: float = 0.28,
 ):
-    """Fitted loss ``E + A / N^alpha + B / D^beta`` of Hoffmann et al. (numbers or arrays). Chapter 14."""
+    """Fitted loss ``E + A / N^alpha + B / D^beta`` of Hoffmann et al. (numbers or arrays).
+
+    Explained in chapter 14.
+    """
     n = np.asarray(n, dtype=float)
     d = np.asarray(d, dtype=float)
     return E + A / n**alpha + B / d**beta
@@ -475,7 +472,7 @@ def chinchilla_loss(
 def isoflop_optimum(
     compute: float, n_min: float = 1e6, n_max: float = 1e13, points: int = 4001
 ) -> dict:
-    """Model size minimising :func:`chinchilla_loss` at fixed compute ``C = 6 N D`` (log grid search).
+    """Model size minimising :func:`chinchilla_loss` at fixed compute ``C = 6 N D`` (a log grid).
 
     Returns ``{"n", "d", "loss", "tokens_per_param"}``. Chapter 14.
     """

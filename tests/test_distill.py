@@ -1,9 +1,19 @@
-"""lmkit.quant.distill (chapter 16): student config, training with and without a teacher, comparison."""
+"""lmkit.quant.distill (chapter 16): student config, training with and without a teacher,
+comparison."""
 
+import copy
+
+import pytest
 import torch
 
+from lmkit.data import random_batch
 from lmkit.models import GPT, GPTConfig
-from lmkit.quant.distill import compare_distillation, student_config, train_student
+from lmkit.quant.distill import (
+    compare_distillation,
+    distillation_objective,
+    student_config,
+    train_student,
+)
 
 
 def _teacher():
@@ -64,3 +74,35 @@ def test_compare_distillation_shapes():
     pb = next(r["baseline"].parameters())
     pd = next(r["distilled"].parameters())
     assert not torch.equal(pb, pd)
+
+
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_train_student_equals_a_written_out_loop(with_teacher):
+    """Kills: a step that forgets zero_grad (gradients pile up), drops the clipping of the gradient
+    norm to 1 or clips after the step, or returns another loss than the one minimised."""
+    t = _teacher()
+    torch.manual_seed(0)
+    student = GPT(student_config(t.config, n_layer=1, n_embd=16))
+    ref = copy.deepcopy(student)
+    kw = dict(steps=6, batch_size=4, block_size=8, lr=1e-2, temperature=2.0, alpha=0.2, seed=3)
+    hist = train_student(student, _ids(), teacher=t if with_teacher else None, **kw)
+
+    gen = torch.Generator().manual_seed(3)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.0)
+    losses, norms = [], []
+    for _ in range(6):
+        x, y = random_batch(_ids(), 8, 4, generator=gen)
+        logits, loss = ref(x, y)
+        if with_teacher:
+            with torch.no_grad():
+                t_logits, _ = t(x)
+            loss = distillation_objective(logits, t_logits, y, 2.0, 0.2)
+        opt.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)))
+        opt.step()
+        losses.append(loss.item())
+    assert hist == losses
+    assert all(torch.equal(p, q) for p, q in zip(student.parameters(), ref.parameters()))
+    assert max(norms) > 1.0  # the clipping acted, so a missing clip would show
+    assert not student.training  # left in eval mode

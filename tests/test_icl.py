@@ -1,8 +1,10 @@
-"""Tests of lmkit.frontiers.icl (chapter 24): associative recall with one token per demonstration."""
+"""Tests of lmkit.frontiers.icl (chapter 24): associative recall, one token per demonstration."""
 
+import copy
 import math
 
 import torch
+import torch.nn.functional as F
 
 from lmkit.frontiers import icl
 
@@ -57,3 +59,31 @@ def test_ideal_accuracy():
     assert icl.ideal_accuracy(0, 8) == 1 / 8
     assert abs(icl.ideal_accuracy(1, 8) - (1 / 8 + 7 / 64)) < 1e-12
     assert icl.ideal_accuracy(60, 8) > 0.99
+
+
+def test_train_icl_equals_a_written_out_loop():
+    """Kills: a step that forgets zero_grad, skips the clipping at 1 or the one-cycle scheduler
+    step, steps the scheduler before the optimizer, or draws k and the prompts in another order."""
+    m = icl.make_model(n_symbols=4, max_k=4, n_layer=1, n_head=1, n_embd=16)
+    ref = copy.deepcopy(m)
+    losses = icl.train_icl(m, steps=6, batch_size=8, max_k=4, n_symbols=4, lr=1e-2, seed=5)
+
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    ref.train()
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.0, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=6, pct_start=0.1)
+    expected, norms = [], []
+    for _ in range(6):
+        k = int(torch.randint(1, 5, (1,), generator=g))
+        x, y, _, _ = icl.sample_recall(8, k, 4, g)
+        loss = F.cross_entropy(icl.answer_logits(ref, x, 4), y)
+        opt.zero_grad()
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)))
+        opt.step()
+        sched.step()
+        expected.append(loss.item())
+    assert losses == expected
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), ref.parameters()))
+    assert max(norms) > 1.0  # the clipping acted, so a missing clip would show

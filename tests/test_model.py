@@ -210,22 +210,68 @@ def test_attention_maps_rows_sum_to_one_and_are_causal():
     assert maps.triu(diagonal=1).abs().max() == 0
 
 
-def test_parameter_count_and_flops_by_hand():
-    """Kills: num_params' non-embedding branch (wpe not subtracted, or subtracted for RoPE models,
-    which have no wpe) and a changed flops_per_token formula or seq_len default (mutmut found both
-    unchecked). Every number here is counted by hand from the configuration."""
-    from lmkit.models import GPT, GPTConfig
+def _hand_counts(V, T, L, C, rope=False):
+    """GPT's parameter groups counted by hand from the configuration (bias=True, tied head)."""
+    attn = (C * 3 * C + 3 * C) + (C * C + C)  # c_attn, c_proj: weights and biases
+    mlp = (C * 4 * C + 4 * C) + (4 * C * C + C)  # fc, proj
+    block = attn + mlp + 2 * 2 * C  # ln_1, ln_2: scale and shift
+    counts = dict(wte=V * C, wpe=0 if rope else T * C, blocks=L * block, ln_f=2 * C, lm_head=0)
+    counts["total"] = sum(counts.values())
+    return counts
 
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_param_counts_by_hand(pos_emb):
+    """Kills: the tied head counted twice (lm_head = V*C or total + V*C), RoPE models given a wpe
+    count, a group that misses the final norm or a block, groups that do not add up to total."""
+    V, T, L, H, C = 11, 16, 3, 2, 8
+    model = GPT(
+        GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, pos_emb=pos_emb)
+    )
+    expected = _hand_counts(V, T, L, C, rope=pos_emb == "rope")
+    assert model.param_counts() == expected
+    assert model.num_params() == expected["total"] == sum(p.numel() for p in model.parameters())
+    with torch.device("meta"):  # shapes only, as chapter 9 counts GPT-2 small
+        assert GPT(model.config).param_counts() == expected
+
+
+def test_param_counts_untied_head_and_no_bias():
+    """Kills: an untied head left out of the count (or counted as 0 because it used to be tied), and
+    biases counted that bias=False models do not have."""
     V, T, L, H, C = 11, 16, 2, 2, 8
-    block = (
-        4 * C * C + 4 * C + 2 * C + (C * 4 * C + 4 * C) + (4 * C * C + C) + 2 * C
-    )  # attn, 2 norms, mlp
-    total = V * C + T * C + L * block + 2 * C  # tied head counted once; final norm
-    learned = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C))
-    assert learned.num_params() == total
-    assert learned.num_params(non_embedding=True) == total - T * C
-    rope = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, pos_emb="rope"))
-    assert rope.num_params() == rope.num_params(non_embedding=True) == total - T * C
-    n = total - T * C
-    assert learned.flops_per_token() == 6 * n + 12 * L * H * (C // H) * T
-    assert learned.flops_per_token(seq_len=5) == 6 * n + 12 * L * H * (C // H) * 5
+    model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C))
+    tied = model.param_counts()
+    model.lm_head.weight = torch.nn.Parameter(model.transformer.wte.weight.detach().clone())
+    untied = model.param_counts()
+    assert untied == {**tied, "lm_head": V * C, "total": tied["total"] + V * C}
+    assert untied["total"] == sum(untied[k] for k in ("wte", "wpe", "blocks", "ln_f", "lm_head"))
+
+    nb = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, bias=False))
+    block = C * 3 * C + C * C + C * 4 * C + 4 * C * C + 2 * C  # weights and two norm scales
+    assert nb.param_counts() == dict(
+        wte=V * C,
+        wpe=T * C,
+        blocks=L * block,
+        ln_f=C,
+        lm_head=0,
+        total=V * C + T * C + L * block + C,
+    )
+
+
+def test_flops_per_token_by_hand():
+    """Kills: a changed flops_per_token formula or seq_len default (mutmut found both unchecked), N
+    taken with the position table, or with the token table counted a second time once untied.
+
+    N is what every token multiplies: the blocks, the final norm and the V x C output matrix."""
+    V, T, L, H, C = 11, 16, 2, 2, 8
+    c = _hand_counts(V, T, L, C)
+    n = c["blocks"] + c["ln_f"] + V * C  # = total - wpe with the tied head (nanoGPT's N)
+    attn = 12 * L * H * (C // H)
+    for pos_emb in ("learned", "rope"):
+        m = GPT(
+            GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C, pos_emb=pos_emb)
+        )
+        assert m.flops_per_token() == 6 * n + attn * T
+        assert m.flops_per_token(seq_len=5) == 6 * n + attn * 5
+    m.lm_head.weight = torch.nn.Parameter(m.transformer.wte.weight.detach().clone())  # untied
+    assert m.flops_per_token() == 6 * n + attn * T  # the lookup table costs no multiply-adds

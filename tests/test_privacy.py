@@ -1,9 +1,12 @@
 """Unit tests for lmkit.frontiers.privacy (chapter 27)."""
 
+import copy
 import math
+import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lmkit.frontiers.privacy import (
     accuracy,
@@ -75,3 +78,73 @@ def test_train_dp_and_fedavg():
         eval_fn=lambda mm: accuracy(mm, x, y),
     )
     assert len(hist) == 3 and 0 <= hist[-1] <= 1
+
+
+def _two_class_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 4, generator=g)
+    return x, (x[:, 0] > 0).long()
+
+
+def test_train_classifier_equals_a_written_out_loop():
+    """Kills: a step that forgets zero_grad (with momentum SGD the stale gradients would pile up),
+    or another batch order than the seeded permutation per epoch."""
+    x, y = _two_class_data()
+    torch.manual_seed(0)
+    m = mlp_classifier(4, 8, 2)
+    ref = copy.deepcopy(m)
+    train_classifier(m, x, y, epochs=2, batch_size=32, lr=0.05, seed=3)
+
+    g = torch.Generator().manual_seed(3)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(2):
+        perm = torch.randperm(120, generator=g)
+        for i in range(0, 120, 32):
+            b = perm[i : i + 32]
+            loss = F.cross_entropy(ref(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), ref.parameters()))
+
+
+def test_dp_train_classifier_equals_a_written_out_opacus_loop():
+    """Kills: a DP step that forgets zero_grad (Opacus then mixes the per-example gradients of two
+    batches), or one that bypasses the private optimizer (no clipping, no noise)."""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = _two_class_data()
+    torch.manual_seed(0)
+    init = mlp_classifier(4, 8, 2)
+    kw = dict(target_epsilon=4.0, delta=1e-3, epochs=2, batch_size=30, lr=0.05, seed=3)
+    m, noise, eps = dp_train_classifier(copy.deepcopy(init), x, y, **kw)
+
+    torch.manual_seed(3)
+    g = torch.Generator().manual_seed(3)
+    loader = DataLoader(TensorDataset(x, y), batch_size=30, shuffle=True, generator=g)
+    opt = torch.optim.SGD(init.parameters(), lr=0.05, momentum=0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+        ref, opt, loader = engine.make_private_with_epsilon(
+            module=init,
+            optimizer=opt,
+            data_loader=loader,
+            epochs=2,
+            target_epsilon=4.0,
+            target_delta=1e-3,
+            max_grad_norm=1.0,
+        )
+        ref.train()
+        for _ in range(2):
+            for xb, yb in loader:
+                if len(yb) == 0:
+                    continue
+                loss = F.cross_entropy(ref(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        ref_eps = engine.get_epsilon(1e-3)
+    assert (noise, eps) == (float(opt.noise_multiplier), float(ref_eps))
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), ref.parameters()))

@@ -21,10 +21,54 @@ def ids():
     return torch.where(keep, base, noise)
 
 
-def test_non_embedding_params_excludes_embeddings():
-    m = tuning.make_gpt(V, block_size=8, n_layer=1, n_embd=16)
-    total = sum(p.numel() for p in m.parameters())
-    assert tuning.non_embedding_params(m) == total - V * 16 - 8 * 16
+KAPLAN_N_1x16 = 12 * 16 * 16 + 13 * 16 + 2 * 16  # one block of width 16 and the final norm
+
+
+def test_train_run_counts_kaplan_n_and_scores_fixed_blocks(ids):
+    """Kills: N counted with the token or position table (or the tied head once more), and a
+    validation loss taken on other blocks than the first eval_batches x 32 of val_ids."""
+    from lmkit.train import evaluate_loss
+
+    kw = dict(lr=1e-2, steps=6, batch_size=8, block_size=8, n_layer=1, n_embd=16)
+    out = tuning.train_run(ids[:3000], ids[3000:], V, eval_batches=2, **kw)
+    assert out["params"] == KAPLAN_N_1x16  # ch14 prints N = 3,312 for this size
+    m = tuning.make_gpt(V, 8, 1, 16)
+    lrs = tuning.schedule_lrs("cosine", 1e-2, 6)
+    tuning.train_steps(m, ids[:3000], 6, lambda s: lrs[s], batch_size=8)
+    assert out["val_loss"] == evaluate_loss(m, ids[3000:], 8, 32, max_batches=2)
+    assert out["val_loss"] != evaluate_loss(m, ids[3000:], 8, 32, max_batches=1)
+
+
+def _reference_train_steps(model, ids, steps, lr, batch_size, seed, clip):
+    """train_steps written out: zero_grad, backward, clip (when asked), step."""
+    from lmkit.data.loaders import random_batch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    losses, norms = [], []
+    for _ in range(steps):
+        x, y = random_batch(ids, model.config.block_size, batch_size, gen)
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        if clip:
+            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        opt.step()
+        losses.append(loss.item())
+    return losses, norms
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.0])
+def test_train_steps_equals_a_written_out_loop(ids, clip):
+    """Kills: a step that forgets zero_grad (gradients pile up), clips when grad_clip=0 or not at
+    grad_clip, or draws the batches in another order."""
+    a, b = tuning.make_gpt(V, 8, 1, 16, seed=0), tuning.make_gpt(V, 8, 1, 16, seed=0)
+    out = tuning.train_steps(a, ids, 8, lambda s: 3e-2, batch_size=4, seed=2, grad_clip=clip)
+    losses, norms = _reference_train_steps(b, ids, 8, 3e-2, 4, 2, clip)
+    assert out["loss"] == losses
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    if clip:
+        assert max(norms) > clip  # the clipping did act, so a missing clip would show
 
 
 def test_make_gpt_is_seeded():
@@ -124,7 +168,10 @@ def test_param_sampling():
 
 def test_random_search_sorted_and_seeded():
     space = {"x": tuning.Param(-2, 2), "k": tuning.Param(choices=(0, 1))}
-    f = lambda x, k: (x - 0.5) ** 2 + k
+
+    def f(x, k):
+        return (x - 0.5) ** 2 + k
+
     a = tuning.random_search(f, space, 15, seed=1)
     b = tuning.random_search(f, space, 15, seed=1)
     assert a == b
@@ -167,7 +214,8 @@ def test_scaling_study_and_frontier(ids):
         eval_batches=2,
     )
     assert [r["n_embd"] for r in recs] == [16, 32]
-    assert recs[0]["params"] < recs[1]["params"]
+    assert recs[0]["params"] == KAPLAN_N_1x16  # the same N as train_run's
+    assert recs[1]["params"] == 12 * 32 * 32 + 13 * 32 + 2 * 32
     r = recs[0]
     assert r["steps"] == [5, 10] and r["tokens"] == [5 * 4 * 8, 10 * 4 * 8]
     assert r["flops"] == [6 * r["params"] * d for d in r["tokens"]]

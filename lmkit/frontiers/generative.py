@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmkit.nn import device_of
+from lmkit.optim import optimizer_step
 
 __all__ = [
     "load_digits_tensor",
@@ -128,11 +129,9 @@ def train_vae(
         xb = x[idx]
         logits, mu, logvar = model(xb)
         loss, recon, kl = vae_loss(logits, xb, mu, logvar, beta)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        value = optimizer_step(loss, opt)
         if step % log_every == 0 or step == steps:
-            hist.append({"step": step, "loss": loss.item(), "recon": recon.item(), "kl": kl.item()})
+            hist.append({"step": step, "loss": value, "recon": recon.item(), "kl": kl.item()})
     model.eval()
     return hist
 
@@ -216,20 +215,17 @@ def train_gan(
         d_loss = F.binary_cross_entropy_with_logits(lr_, ones) + F.binary_cross_entropy_with_logits(
             lf_, zeros
         )
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        lg = disc(fake)
+        d_value = optimizer_step(d_loss, opt_d)  # updates D only: fake was detached
+        lg = disc(fake)  # the updated D judges the same fakes
         g_loss = F.binary_cross_entropy_with_logits(lg, ones)  # non-saturating: max log D(G(z))
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
+        # g_loss also leaves gradients in D; opt_d clears them before D's next update
+        g_value = optimizer_step(g_loss, opt_g)
         if step % log_every == 0 or step == steps:
             hist.append(
                 {
                     "step": step,
-                    "d_loss": d_loss.item(),
-                    "g_loss": g_loss.item(),
+                    "d_loss": d_value,
+                    "g_loss": g_value,
                     "d_real": torch.sigmoid(lr_).mean().item(),
                     "d_fake": torch.sigmoid(lf_).mean().item(),
                 }

@@ -11,7 +11,8 @@ Each demonstration is ONE token, ``pair(x, y) = x * S + y`` (ids 0 .. S*S - 1), 
 ``query(q) = S*S + q``; the vocabulary therefore has ``S*S + S`` ids. The model must output
 ``f(q)``: it can only do so when some demonstration has ``x_i = q``, by attending from the query to
 that token and copying its ``y`` -- a single attention lookup, which a one-layer GPT learns on a CPU
-in seconds (S = 6, one layer, two heads, 800 steps of 128 prompts: chapter 24). The answer is read from the logits of ids 0..S-1 at the last position (S classes).
+in seconds (S = 6, one layer, two heads, 800 steps of 128 prompts: chapter 24). The answer is read
+from the logits of ids 0..S-1 at the last position (S classes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lmkit.models.gpt import GPT, GPTConfig
+from lmkit.optim import optimizer_step
 
 
 def vocab_size(n_symbols: int) -> int:
@@ -34,8 +36,9 @@ def sample_recall(n_seq: int, k: int, n_symbols: int = 8, generator=None):
     """Draw ``n_seq`` prompts with ``k`` demonstrations each, every prompt with its own permutation.
 
     Demonstration inputs and the query are drawn uniformly with replacement from 0..S-1.
-    Returns (tokens (n_seq, k + 1) long, answers (n_seq,) long in 0..S-1, seen (n_seq,) bool: whether
-    the query's input appears among the k demonstrations, maps (n_seq, S) long: maps[b, x] = f_b(x)).
+    Returns (tokens (n_seq, k + 1) long, answers (n_seq,) long in 0..S-1, seen (n_seq,) bool:
+    whether the query's input appears among the k demonstrations, maps (n_seq, S) long:
+    maps[b, x] = f_b(x)).
     Explained in chapter 24.
     """
     S = n_symbols
@@ -53,7 +56,7 @@ def sample_recall(n_seq: int, k: int, n_symbols: int = 8, generator=None):
 def shuffle_context(tokens: torch.Tensor, generator=None) -> torch.Tensor:
     """Control: replace each prompt's demonstrations with those of another prompt (another map).
 
-    tokens (n_seq, k + 1) -> (n_seq, k + 1); the query tokens stay in place. Explained in chapter 24.
+    tokens (n_seq, k + 1) -> (n_seq, k + 1); the query tokens stay in place. Chapter 24.
     """
     n = tokens.shape[0]
     perm = (torch.arange(n) + 1 + torch.randint(0, max(n - 1, 1), (1,), generator=generator)) % n
@@ -82,7 +85,7 @@ def make_model(
     n_embd: int = 64,
     seed: int = 0,
 ) -> GPT:
-    """A small GPT for associative recall: vocab S*S + S, block max_k + 1. Explained in chapter 24."""
+    """A small GPT for associative recall: vocab S*S + S, block max_k + 1. Chapter 24."""
     torch.manual_seed(seed)
     return GPT(
         GPTConfig(
@@ -112,7 +115,7 @@ def train_icl(
     seed: int = 0,
     device="cpu",
 ) -> list[float]:
-    """Train on freshly drawn prompts (k uniform in 1..max_k per step), AdamW with one-cycle schedule.
+    """Train on fresh prompts (k uniform in 1..max_k per step), AdamW with a one-cycle schedule.
 
     Returns the cross-entropy (nats) of each step; chance is ln S. Explained in chapter 24.
     """
@@ -126,12 +129,7 @@ def train_icl(
         k = int(torch.randint(1, max_k + 1, (1,), generator=g))
         x, y, _, _ = sample_recall(batch_size, k, n_symbols, g)
         loss = F.cross_entropy(answer_logits(model, x.to(device), n_symbols), y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(optimizer_step(loss, opt, model.parameters(), max_norm=1.0, scheduler=sched))
     model.eval()
     return losses
 

@@ -61,7 +61,7 @@ def logit_lens_stats(model, idx: torch.Tensor) -> list[dict]:
 
 @torch.no_grad()
 def residual_features(model, idx: torch.Tensor) -> torch.Tensor:
-    """Residual streams stacked: idx (B, T) -> (L+1, B*T, C) float32 CPU. Explained in chapter 29."""
+    """Residual streams stacked: idx (B, T) -> (L+1, B*T, C) float32 on the CPU. Chapter 29."""
     states = model.hidden_states(idx)
     return torch.stack([h.reshape(-1, h.shape[-1]).float().cpu() for h in states])
 

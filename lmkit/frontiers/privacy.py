@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmkit.nn import device_of
+from lmkit.optim import optimizer_step
 
 __all__ = [
     "plant_canary",
@@ -108,10 +109,7 @@ def train_classifier(
         perm = torch.randperm(x.shape[0], generator=g)
         for i in range(0, x.shape[0], batch_size):
             b = perm[i : i + batch_size]
-            loss = F.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(F.cross_entropy(model(x[b]), y[b]), opt)
     return model
 
 
@@ -159,10 +157,10 @@ def dp_train_classifier(
             for xb, yb in loader:
                 if len(yb) == 0:
                     continue
-                loss = F.cross_entropy(model(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                # Opacus' DPOptimizer does the private part inside this ordinary step: zero_grad
+                # also clears the per-example gradients, backward fills them (hooks of the
+                # GradSampleModule), step clips each to max_grad_norm, adds the noise, averages
+                optimizer_step(F.cross_entropy(model(xb), yb), opt)
         eps = engine.get_epsilon(delta)
     return model, float(opt.noise_multiplier), float(eps)
 

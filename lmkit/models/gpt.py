@@ -188,21 +188,52 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count (tied weights counted once); optionally without position embeddings."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding and "wpe" in self.transformer:
-            n -= self.transformer.wpe.weight.numel()
-        return n
+    def param_counts(self) -> dict[str, int]:
+        """Parameters by group: ``wte``, ``wpe``, ``blocks``, ``ln_f``, ``lm_head``, ``total``.
+
+        ``wte`` is the token table (V x C) and ``wpe`` the position table (0 with RoPE, which has
+        none); ``blocks`` sums the n_layer Transformer blocks, ``ln_f`` is the final norm.
+        ``lm_head`` counts only weights of its own: 0 while the head is tied to ``wte`` (the same
+        matrix), V x C once untied. A shared tensor is counted once, in the first group that
+        holds it, so the groups add up to ``total``. A count that leaves groups out subtracts
+        them where it is used, under its own name (chapter 9): Kaplan et al.'s N is
+        ``total - wte - wpe - lm_head``.
+        """
+        t = self.transformer
+        groups = {
+            "wte": t.wte,
+            "wpe": t["wpe"] if "wpe" in t else None,
+            "blocks": t.h,
+            "ln_f": t.ln_f,
+            "lm_head": self.lm_head,
+        }
+        seen: set[int] = set()
+        counts = {}
+        for name, module in groups.items():
+            counts[name] = 0
+            for p in module.parameters() if module is not None else ():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    counts[name] += p.numel()
+        counts["total"] = sum(p.numel() for p in self.parameters())  # parameters() dedups too
+        return counts
+
+    def num_params(self) -> int:
+        """Every parameter, tied weights counted once: ``param_counts()["total"]``."""
+        return self.param_counts()["total"]
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B). Used for MFU, chapter 10."""
-        c = self.config
-        t = seq_len or c.block_size
-        return (
-            6 * self.num_params(non_embedding=True)
-            + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * t
-        )
+        """Training FLOPs per token: 6N + 12 L H Q T (PaLM appendix B). Used for MFU, chapter 10.
+
+        N counts the weights every token multiplies: the blocks, the final norm and the output
+        matrix (V x C; the token table itself while tied). The tables are only looked up, so the
+        position table is left out, and so is an untied token table. With the tied head this is
+        nanoGPT's ``get_num_params()``: every parameter except ``wpe``.
+        """
+        c, cfg = self.param_counts(), self.config
+        n = c["blocks"] + c["ln_f"] + self.lm_head.weight.numel()
+        t = seq_len or cfg.block_size
+        return 6 * n + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * t
 
     def hidden_states(self, idx, cache: KVCache | None = None, keep_weights: bool = False):
         """Residual stream after the embeddings and after every block: list of L+1 (B, T, C)."""

@@ -10,15 +10,15 @@ Two parts:
 2. **The pretrained encoder** (all-MiniLM-L6-v2): PyTorch dynamic quantization speed-up on CPU for
    mean-pooled sentence embeddings of 64 sentences (tokenization excluded, a warm-up pass, fp32 and
    int8 passes run back to back in pairs; ``speedup`` is the median of the per-pair time ratios,
-   robust to the load of other jobs on a shared machine) and cosine similarity of the int8 embeddings to the fp32 ones. Targets: >= 1.3x
-   faster, mean cosine >= 0.99. Two recipes: PyTorch's default (every linear, per-tensor weights,
-   activations on 7 bits because the x86 kernels use ``reduce_range=True``) and an accurate one
-   (per-channel weights, activations on 8 bits except in the layers where that measurably
-   saturates the int16 sums of non-VNNI CPUs). Activation outliers (FFN inputs with max/std up to
-   ~90) are what the default loses accuracy on. With ``investigate=True`` it also tries other engines
-   (fbgemm, onednn, qnnpack), per-channel weights, 8-bit activations everywhere, keeping the FFN
-   down-projection or the most sensitive layers in fp32, batch size, sequence length and thread
-   count, one change at a time.
+   robust to the load of other jobs on a shared machine) and cosine similarity of the int8
+   embeddings to the fp32 ones. Targets: >= 1.3x faster, mean cosine >= 0.99. Two recipes: PyTorch's
+   default (every linear, per-tensor weights, activations on 7 bits because the x86 kernels use
+   ``reduce_range=True``) and an accurate one (per-channel weights, activations on 8 bits except in
+   the layers where that measurably saturates the int16 sums of non-VNNI CPUs). Activation outliers
+   (FFN inputs with max/std up to ~90) are what the default loses accuracy on. With
+   ``investigate=True`` it also tries other engines (fbgemm, onednn, qnnpack), per-channel weights,
+   8-bit activations everywhere, keeping the FFN down-projection or the most sensitive layers in
+   fp32, batch size, sequence length and thread count, one change at a time.
 
 If the shipped checkpoint is missing (it is trained by ``python -m lmkit train``), a tiny GPT is
 trained for a few hundred steps instead and the JSON says so under ``gpt.model``.
@@ -94,7 +94,8 @@ def _load_gpt():
     try:
         model, _, info = load_pretrained("bpe-gpt")
         ids = validation_ids("bpe-gpt")
-        desc = f"bpe-gpt (shipped; {model.num_params():,} parameters; {info.get('command', '')})".replace(
+        command = info.get("command", "")
+        desc = f"bpe-gpt (shipped; {model.num_params():,} parameters; {command})".replace(
             "; )", ")"
         )
         return model.eval(), ids, desc
@@ -277,7 +278,7 @@ FFN_OUT = (
 
 
 def _dynamic(model, per_channel=False, skip=(), reduce_range=True, seven_bit_layers=()):
-    """dynamic_quantize with 8-bit activations except ``seven_bit_layers`` (when reduce_range=False)."""
+    """dynamic_quantize, 8-bit activations except ``seven_bit_layers`` (when reduce_range=False)."""
     skip, seven = tuple(skip), tuple(seven_bit_layers)
     q = dynamic_quantize(
         model,
@@ -505,7 +506,7 @@ def _investigate(model, tokenizer, repeats: int, progress: bool = False) -> list
         )
     rows.append(run("weights + 8-bit activations everywhere", per_channel=True, reduce_range=False))
     rows.append(run("per-tensor weights + 8-bit activations", reduce_range=False))
-    # mixed precision instead: keep the fewest most-sensitive layers in fp32 to reach the cosine target
+    # or mixed precision: keep the fewest most-sensitive layers in fp32 that reach the cosine target
     sentences = bench_sentences(64)
     ranking = dynamic_sensitivity(model, _tokenize(tokenizer, sentences[:16], 16))
     pick = mixed_precision_skip(
@@ -635,11 +636,13 @@ def run_quant_bench(
         )
         _log(
             progress,
-            f"encoder accurate recipe ({len(seven)} 7-bit layers): speed-up {acc['speedup']}, cosine {acc['cosine_mean']}",
+            f"encoder accurate recipe ({len(seven)} 7-bit layers): speed-up {acc['speedup']}, "
+            f"cosine {acc['cosine_mean']}",
         )
         result["encoder"]["accurate_recipe"] = {
             "recipe": "per-channel qint8 weights; activations on 8 bits (reduce_range=False, "
-            "lmkit.quant.FullRangeDynamicLinear) except the layers where 8 bits measurably saturate",
+            "lmkit.quant.FullRangeDynamicLinear) except the layers where 8 bits measurably "
+            "saturate",
             "saturation_suspects": suspects,
             **acc,
         }

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lmkit.data import random_batch
 from lmkit.models import GPT, GPTConfig
 from lmkit.nn import device_of
+from lmkit.optim import optimizer_step
 from lmkit.train import evaluate_loss
 
 
@@ -90,11 +91,12 @@ def distillation_objective(
     return alpha * soft + (1 - alpha) * hard
 
 
-# The training loop. :func:`train_student` trains a student GPT for a few steps on random windows of the teacher's
-# training text, either on the data alone (cross-entropy) or with the teacher's softened predictions
-# as extra targets (``lmkit.quant.distillation_objective``: ``alpha * T^2 * KL + (1 - alpha) * CE``).
-# :func:`compare_distillation` runs both from the *same* initial weights and the *same* batches, so
-# that the only difference between the two students is the teacher.
+# The training loop. :func:`train_student` trains a student GPT for a few steps on random windows
+# of the teacher's training text, either on the data alone (cross-entropy) or with the teacher's
+# softened predictions as extra targets (``lmkit.quant.distillation_objective``:
+# ``alpha * T^2 * KL + (1 - alpha) * CE``). :func:`compare_distillation` runs both from the *same*
+# initial weights and the *same* batches, so that the only difference between the two students is
+# the teacher.
 
 
 def student_config(
@@ -126,11 +128,12 @@ def train_student(
     alpha: float = 0.5,
     seed: int = 0,
 ) -> list[float]:
-    """Train ``student`` in place with AdamW on random windows (B, block_size) of ``train_ids`` (N,).
+    """Train ``student`` in place with AdamW on random windows (B, block_size) of ``train_ids``.
 
     With ``teacher`` the loss is ``distillation_objective(student_logits, teacher_logits, targets,
-    temperature, alpha)``; without, plain next-token cross-entropy. The batches depend only on
-    ``seed``. Returns the training loss at each step (the objective that was minimised).
+    temperature, alpha)``; without, plain next-token cross-entropy. Each step is one
+    :func:`lmkit.optim.optimizer_step` with the gradient norm clipped to 1. The batches depend only
+    on ``seed``. Returns the training loss at each step (the objective that was minimised).
     Explained in chapter 16.
     """
     device = device_of(student)
@@ -150,11 +153,7 @@ def train_student(
             with torch.no_grad():
                 t_logits, _ = teacher(x)
             loss = distillation_objective(logits, t_logits, y, temperature, alpha)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        history.append(float(loss.detach()))
+        history.append(optimizer_step(loss, opt, clip_params=student.parameters(), max_norm=1.0))
     student.eval()
     return history
 
@@ -203,7 +202,7 @@ def compare_distillation(
         "val_loss": {"teacher": ev(teacher), "baseline": ev(base), "distilled": ev(dist)},
         "history": {"baseline": h_base, "distilled": h_dist},
         "params": {
-            "teacher": sum(p.numel() for p in teacher.parameters()),
-            "student": sum(p.numel() for p in init.parameters()),
+            "teacher": teacher.num_params(),
+            "student": init.num_params(),
         },
     }
