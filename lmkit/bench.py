@@ -107,13 +107,18 @@ def _interleaved_best_times(fns: dict, rounds: int) -> tuple[dict, dict]:
 
 
 @torch.no_grad()
-def bench_decode(new_tokens: int = 256, name: str = "char-gpt", rounds: int = 5):
-    """Greedy decode tokens/s: lmkit cached, transformers generate, lmkit uncached."""
+def bench_decode(max_new_tokens: int = 256, name: str = "char-gpt", rounds: int = 5):
+    """Greedy decode tokens/s: lmkit cached, transformers generate, lmkit uncached.
+
+    Every run produces exactly ``max_new_tokens`` tokens (no end-of-text stops it); the comparison
+    with transformers stops earlier where its position table ends. The result's ``new_tokens``
+    entries are the number of tokens each comparison produced.
+    """
     model, tok, _ = load_pretrained(name)
     hf = to_hf_gpt2(model)
     prompt = torch.tensor([tok.encode("The ")])
     # transformers cannot go past its position table: compare both at the longest length it allows
-    n_hf = min(new_tokens, model.config.block_size - prompt.size(1))
+    n_hf = min(max_new_tokens, model.config.block_size - prompt.size(1))
     t, out = _interleaved_best_times(
         {
             "cached": lambda: generate(model, prompt, n_hf, temperature=0, use_cache=True),
@@ -126,10 +131,10 @@ def bench_decode(new_tokens: int = 256, name: str = "char-gpt", rounds: int = 5)
                 pad_token_id=0,
             ),
             "long_cached": lambda: generate(
-                model, prompt, new_tokens, temperature=0, use_cache=True
+                model, prompt, max_new_tokens, temperature=0, use_cache=True
             ),
             "long_uncached": lambda: generate(
-                model, prompt, new_tokens, temperature=0, use_cache=False
+                model, prompt, max_new_tokens, temperature=0, use_cache=False
             ),
         },
         rounds,
@@ -146,16 +151,16 @@ def bench_decode(new_tokens: int = 256, name: str = "char-gpt", rounds: int = 5)
             "same_tokens": bool(torch.equal(out["cached"], out["transformers"])),
         },
         "cache_vs_no_cache": {
-            "new_tokens": new_tokens,
-            "cached_tokens_per_s": round(new_tokens / t["long_cached"], 1),
-            "uncached_tokens_per_s": round(new_tokens / t["long_uncached"], 1),
+            "new_tokens": max_new_tokens,
+            "cached_tokens_per_s": round(max_new_tokens / t["long_cached"], 1),
+            "uncached_tokens_per_s": round(max_new_tokens / t["long_uncached"], 1),
             "speedup": round(t["long_uncached"] / t["long_cached"], 2),
             "same_tokens": bool(torch.equal(out["long_cached"], out["long_uncached"])),
         },
     }
 
 
-def run_bench(new_tokens: int = 256, train_steps: int = 10) -> dict:
+def run_bench(max_new_tokens: int = 256, train_steps: int = 10) -> dict:
     """Everything above in one JSON-ready dict, with the machine it ran on."""
     import transformers
 
@@ -167,5 +172,5 @@ def run_bench(new_tokens: int = 256, train_steps: int = 10) -> dict:
         "transformers": transformers.__version__,
         "device": "cpu",
         "training": bench_training(train_steps),
-        "decode": bench_decode(new_tokens),
+        "decode": bench_decode(max_new_tokens),
     }

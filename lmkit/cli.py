@@ -386,9 +386,9 @@ def cmd_env(args):
 
 def cmd_bench(args):
     # checked before the benchmark runs (minutes), not after
-    if args.new_tokens < 1 or args.train_steps < 1:
+    if args.max_new_tokens < 1 or args.train_steps < 1:
         raise ValueError(
-            f"--new-tokens and --train-steps must be >= 1, got {args.new_tokens} and "
+            f"--max-new-tokens and --train-steps must be >= 1, got {args.max_new_tokens} and "
             f"{args.train_steps}"
         )
     if args.out and not Path(args.out).parent.is_dir():
@@ -400,7 +400,7 @@ def cmd_bench(args):
     else:
         from lmkit.bench import run_bench
 
-        result = run_bench(new_tokens=args.new_tokens, train_steps=args.train_steps)
+        result = run_bench(max_new_tokens=args.max_new_tokens, train_steps=args.train_steps)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -488,7 +488,7 @@ def build_parser(classes=None) -> argparse.ArgumentParser:
         "bench", help="benchmarks against transformers (JSON)", description="Benchmarks, JSON out."
     )
     p.add_argument("--quant", action="store_true", help="quantization benchmark instead")
-    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--out", default=None, help="also write the JSON here")
     p.set_defaults(func=cmd_bench)

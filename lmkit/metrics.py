@@ -1,4 +1,4 @@
-"""Evaluation metrics: language-model, classification, generation overlap, embedding and calibration.
+"""Evaluation metrics: language model, classification, generation overlap, embedding, calibration.
 
 Explained in chapter 25 (perplexity, BLEU, ROUGE, METEOR, BERTScore-style, accuracy/F1, leakage)
 and chapter 26 (ECE, reliability bins, temperature scaling).
@@ -22,14 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmkit.data.stats import perplexity as perplexity  # the one definition, re-exported here
 from lmkit.pretrained import load_encoder
 
 # --- language-model metrics -------------------------------------------------------------------
-
-
-def perplexity(mean_nll: float) -> float:
-    """exp of the mean negative log-likelihood per token (nats). Explained in chapter 25."""
-    return float(math.exp(mean_nll))
 
 
 def bits_per_char(mean_nll: float, n_tokens: int, n_chars: int) -> float:
@@ -43,8 +39,9 @@ def sequence_logprob(
 ) -> float:
     """Sum of log p(continuation token | everything before it) under a GPT (nats).
 
-    ``model(idx)`` must return (logits (1, T, V), loss). The joint sequence is cut on the left to the
-    model's ``config.block_size``. This is how evaluation harnesses score multiple-choice options.
+    ``model(idx)`` must return (logits (1, T, V), loss). The joint sequence is cut on the left to
+    the model's ``config.block_size``. This is how evaluation harnesses score multiple-choice
+    options.
     """
     ids = list(context_ids) + list(continuation_ids)
     block = model.config.block_size
@@ -93,17 +90,29 @@ def bleu(hypotheses: list[str], references: list[str] | list[list[str]]) -> floa
 
 
 def sentence_bleu(hypothesis: str, reference: str) -> float:
-    """Sentence BLEU (0-100) with sacrebleu's exponential smoothing (zero n-gram counts are common)."""
+    """Sentence BLEU (0-100) with sacrebleu's exponential smoothing (zero n-gram counts are common
+    in one sentence)."""
     import sacrebleu
 
     return float(sacrebleu.sentence_bleu(hypothesis, [reference]).score)
 
 
-def rouge(hypothesis: str, reference: str, kinds=("rouge1", "rouge2", "rougeL")) -> dict:
-    """ROUGE F-measures (0-1) from Google's rouge-score package, with the Porter stemmer."""
+def rouge(
+    hypothesis: str,
+    reference: str,
+    rouge_types=("rouge1", "rouge2", "rougeL"),
+    use_stemmer: bool = True,
+) -> dict[str, float]:
+    """ROUGE F-measures (0-1) of a hypothesis against one reference (Lin 2004): {type: F}.
+
+    Google's rouge-score package computes them; ``rouge_types`` are its names ("rouge1",
+    "rouge2", ..., "rougeL", "rougeLsum"), ``use_stemmer`` applies the Porter stemmer to both
+    texts first. Chapter 23 re-derives ROUGE-N in :func:`lmkit.apps.summarize.rouge_n` (equal to
+    this with ``use_stemmer=False``); explained in chapters 23 and 25.
+    """
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer)
     return {k: float(v.fmeasure) for k, v in scorer.score(reference, hypothesis).items()}
 
 
@@ -127,11 +136,12 @@ def _align(hyp: list[str], ref: list[str]) -> list[tuple[int, int]]:
 def meteor(
     hypothesis: str, reference: str, alpha: float = 0.9, beta: float = 3.0, gamma: float = 0.5
 ) -> float:
-    """METEOR (0-1) with exact unigram matches only (Banerjee & Lavie 2005; parameters of Lavie & Agarwal 2007).
+    """METEOR (0-1) with exact unigram matches only (Banerjee & Lavie 2005).
 
-    F_mean = P R / (alpha P + (1 - alpha) R); the matches are grouped into *chunks* (runs adjacent in
-    both strings) and penalty = gamma (chunks / matches)^beta; score = F_mean (1 - penalty).
-    With alpha=0.9, beta=3, gamma=0.5 this is nltk's exact-match module. Explained in chapter 25.
+    The parameters are those of Lavie & Agarwal 2007. F_mean = P R / (alpha P + (1 - alpha) R);
+    the matches are grouped into *chunks* (runs adjacent in both strings) and
+    penalty = gamma (chunks / matches)^beta; score = F_mean (1 - penalty). With alpha=0.9,
+    beta=3, gamma=0.5 this is nltk's exact-match module. Explained in chapter 25.
     """
     h, r = words(hypothesis), words(reference)
     pairs = _align(h, r)
@@ -152,8 +162,8 @@ def meteor(
 def token_embeddings(
     texts: list[str], model=None, tokenizer=None, layer: int = -1
 ) -> list[torch.Tensor]:
-    """Contextual token embeddings (n_i, d) of each text from the offline encoder, [CLS]/[SEP] dropped,
-    L2-normalised. ``layer`` indexes the hidden states (-1: last layer)."""
+    """Contextual token embeddings (n_i, d) of each text from the offline encoder, [CLS] and [SEP]
+    dropped, L2-normalised. ``layer`` indexes the hidden states (-1: last layer)."""
     if model is None or tokenizer is None:
         model, tokenizer = load_encoder()
     batch = tokenizer(

@@ -13,16 +13,22 @@ def test_scenes_are_seeded_and_well_formed():
     a, b = C.make_scenes(20, size=16, seed=3), C.make_scenes(20, size=16, seed=3)
     assert [s.caption for s in a] == [s.caption for s in b]
     assert np.array_equal(a[0].image, b[0].image)
-    vocab = C.CaptionVocab()
+    vocab = C.caption_vocab()
+    assert vocab.itos[:3] == ["<pad>", "<bos>", "<eos>"] and vocab.unk_id is None
     for s in C.make_scenes(200, size=24, seed=0):
         assert s.image.shape == (24, 24, 3) and s.image.dtype == np.float32
         assert 0 <= s.image.min() and s.image.max() <= 1
-        assert vocab.decode(vocab.encode(s.caption)[1:]) == s.caption
+        ids = vocab.encode(s.caption, bos=True, eos=True)
+        # every caption word is in the vocabulary (none left out), between <bos> and <eos>
+        assert ids[0] == vocab.bos_id and ids[-1] == vocab.eos_id
+        assert len(ids) == len(s.caption.split()) + 2
+        assert vocab.decode(ids + [vocab.pad_id]) == s.caption
         p = C.parse_caption(s.caption)
         assert p["objects"] == s.objects and p["relation"] == s.relation
         if len(s.objects) == 2:  # canonical order: earlier colour (then shape) first
-            key = lambda o: (list(C.COLOURS).index(o[0]), C.SHAPES.index(o[1]))
-            assert key(s.objects[0]) < key(s.objects[1])
+            (c1, s1), (c2, s2) = s.objects
+            key1 = (list(C.COLOURS).index(c1), C.SHAPES.index(s1))
+            assert key1 < (list(C.COLOURS).index(c2), C.SHAPES.index(s2))
 
 
 def test_relation_geometry():
@@ -50,7 +56,7 @@ def test_relation_geometry():
 
 
 def test_tensors_and_model_shapes():
-    vocab = C.CaptionVocab()
+    vocab = C.caption_vocab()
     scenes = C.make_scenes(5, size=16, seed=0)
     imgs, toks = C.images_tensor(scenes), C.captions_tensor(scenes, vocab)
     assert imgs.shape == (5, 3, 16, 16) and toks.shape[0] == 5 and toks[0, 0] == vocab.bos_id
@@ -67,10 +73,13 @@ def test_tensors_and_model_shapes():
         assert torch.allclose(maps.sum((-1, -2)), torch.ones(2, maps.shape[1]), atol=1e-5)
     with pytest.raises(ValueError):
         C.Captioner(C.CaptionerConfig(len(vocab), image_size=15, patch=4))
+    short = C.Captioner(C.CaptionerConfig(len(vocab), image_size=16, patch=4, block_size=4))
+    with pytest.raises(ValueError, match="block_size"):
+        short(imgs, toks[:, :5])
 
 
 def test_training_reduces_loss_and_greedy_captions():
-    vocab = C.CaptionVocab()
+    vocab = C.caption_vocab()
     scenes = C.make_scenes(64, size=16, seed=1)
     torch.manual_seed(0)
     m = C.Captioner(
@@ -80,8 +89,10 @@ def test_training_reduces_loss_and_greedy_captions():
     )
     losses = C.train_captioner(m, scenes, vocab, steps=40, batch_size=16, lr=3e-3)
     assert np.mean(losses[-5:]) < losses[0]
-    caps = C.greedy_caption(m, C.images_tensor(scenes[:4]), vocab, max_len=12)
+    caps = C.greedy_caption(m, C.images_tensor(scenes[:4]), vocab, max_new_tokens=12)
     assert len(caps) == 4 and all(isinstance(c, str) for c in caps)
+    short = C.greedy_caption(m, C.images_tensor(scenes[:4]), vocab, max_new_tokens=2)
+    assert all(len(c.split()) <= 2 for c in short)
     assert all(w in vocab.stoi for c in caps for w in c.split())
 
 

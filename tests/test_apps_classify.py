@@ -6,14 +6,14 @@ from lmkit.apps import hub
 from lmkit.apps.classify import (
     EncoderClassifier,
     GRUClassifier,
-    WordVocab,
     bow_logreg,
     classification_metrics,
     finetune_encoder,
+    gru_vocab,
     load_sentiment,
     predict_encoder,
     predict_gru,
-    tokenize_words,
+    review_words,
     train_gru,
     vader_predict,
     vader_scores,
@@ -27,7 +27,7 @@ NEG = ["awful film, hated it", "boring and dull", "terrible food", "really bad v
 def test_load_sentiment_card_numbers():
     d = load_sentiment()
     assert {k: len(v[0]) for k, v in d.items()} == {"train": 200, "val": 40, "test": 80}
-    for texts, labels in d.values():
+    for _, labels in d.values():
         assert labels.count("positive") == labels.count("negative")
     assert not set(d["train"][0]) & set(d["test"][0])
 
@@ -56,10 +56,19 @@ def test_vader_and_bow():
 
 
 def test_gru_shapes_and_learning():
-    assert tokenize_words("Didn't like it!") == ["did", "n't", "like", "it", "!"]
-    v = WordVocab(POS + NEG)
+    assert review_words("Didn't like it, 2 stars!") == [
+        "did",
+        "n't",
+        "like",
+        "it",
+        "2",
+        "stars",
+        "!",
+    ]
+    v = gru_vocab(POS + NEG)
+    assert v.itos[:2] == ["<pad>", "<unk>"] and v.itos[2:] == sorted(v.itos[2:])
     ids, lens = v.encode_batch(["great film", "unknownword"])
-    assert ids.shape == (2, 2) and lens.tolist() == [2, 1] and ids[1, 0] == 1
+    assert ids.shape == (2, 2) and lens.tolist() == [2, 1] and ids[1, 0] == 1 and ids[1, 1] == 0
     m = GRUClassifier(len(v), 2, d_emb=8, d_hidden=8)
     assert m(ids, lens).shape == (2, 2)
     model, vocab, losses = train_gru(
@@ -77,7 +86,7 @@ def test_gru_shapes_and_learning():
 
 def test_gru_ignores_padding():
     torch.manual_seed(0)
-    v = WordVocab(POS + NEG)
+    v = gru_vocab(POS + NEG)
     m = GRUClassifier(len(v), 2, d_emb=8, d_hidden=8, dropout=0.0).eval()
     ids, lens = v.encode_batch(["great film", "really good value and fun"])
     alone, _ = v.encode_batch(["great film"])

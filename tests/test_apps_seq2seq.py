@@ -1,11 +1,13 @@
+from functools import partial
+
 import pytest
 import sacrebleu
 import torch
 
 from lmkit.apps.seq2seq import (
+    SPECIALS,
     Seq2SeqConfig,
     Seq2SeqTransformer,
-    Vocab,
     beam_decode,
     bleu_from_scratch,
     char_tokens,
@@ -14,18 +16,25 @@ from lmkit.apps.seq2seq import (
     exact_match,
     greedy_decode,
     make_batch,
-    pad_batch,
     train_seq2seq,
     translate,
-    word_tokens,
 )
+from lmkit.data import Vocab, pad_batch, tokenize_words
 from lmkit.data.tasks import number_translation_splits
+
+WORDS = partial(tokenize_words, digits=True, punctuation=True)  # the source side of chapter 19
+
+
+def _vocab(texts, tokenize=WORDS, join=" "):
+    return Vocab.from_texts(
+        texts, specials=SPECIALS, order="alphabetical", tokenize=tokenize, join=join
+    )
 
 
 def _setup():
     sp = number_translation_splits(99, seed=0)
-    sv = Vocab.from_texts([s for s, _ in sp["train"]])
-    tv = Vocab.from_texts([t for _, t in sp["train"]], char_tokens, "")
+    sv = _vocab([s for s, _ in sp["train"]])
+    tv = _vocab([t for _, t in sp["train"]], char_tokens, "")
     torch.manual_seed(0)
     model = Seq2SeqTransformer(
         Seq2SeqConfig(len(sv), len(tv), d_model=32, n_head=2, d_ff=64, n_enc=1, n_dec=1)
@@ -34,13 +43,27 @@ def _setup():
 
 
 def test_vocab_roundtrip_and_padding():
-    assert word_tokens("Forty-two") == ["forty", "-", "two"]
-    v = Vocab.from_texts(["one two", "two three"])
-    ids = v.encode("two three", bos=True)
-    assert ids[0] == v.bos_id and ids[-1] == v.eos_id
-    assert v.decode(ids) == "two three"
-    assert v.encode("four")[0] == v.unk_id
+    assert WORDS("Forty-two") == ["forty", "-", "two"]
+    v = _vocab(["one two", "two three"])
+    assert v.itos == ["<pad>", "<bos>", "<eos>", "<unk>", "one", "three", "two"]
+    ids = v.encode("two three", bos=True, eos=True)
+    assert ids == [1, 6, 5, 2]
+    assert v.decode(ids + [0, 0]) == "two three"
+    assert v.encode("four") == [v.unk_id]
     assert pad_batch([[1, 2], [3]]).tolist() == [[1, 2], [3, 0]]
+
+
+def test_make_batch_layout_and_the_models_special_ids():
+    v = _vocab(["one two", "two three"])
+    src, tgt = make_batch([("one two", "two"), ("three", "one three")], v, v)
+    assert src.tolist() == [[4, 6, 2], [5, 2, 0]]  # source <eos> <pad>
+    assert tgt.tolist() == [[1, 6, 2, 0], [1, 4, 5, 2]]  # <bos> target <eos> <pad>
+    wrong = Vocab.from_texts(["one two"], specials=("<pad>", "<unk>", "<bos>", "<eos>"))
+    with pytest.raises(ValueError, match="SPECIALS"):
+        make_batch([("one", "two")], wrong, v)
+    with pytest.raises(ValueError, match="block_size"):
+        model = Seq2SeqTransformer(Seq2SeqConfig(len(v), len(v), d_model=8, n_head=2, block_size=3))
+        model(torch.tensor([[4, 5, 6, 2]]), torch.tensor([[1]]))
 
 
 def test_shapes_loss_and_training_reduces_loss():
@@ -58,14 +81,15 @@ def test_beam_of_one_equals_greedy_and_padding_does_not_change_results():
     sp, sv, tv, model = _setup()
     train_seq2seq(model, sp["train"], sv, tv, steps=30, batch_size=32, warmup=5)
     srcs = [s for s, _ in sp["test"][:6]]
-    batch = pad_batch([sv.encode(s) for s in srcs])
+    batch = pad_batch([sv.encode(s, eos=True) for s in srcs])
     greedy = greedy_decode(model, batch)
     for s, g in zip(srcs, greedy):
-        alone = greedy_decode(model, torch.tensor([sv.encode(s)]))[0]
+        alone = greedy_decode(model, torch.tensor([sv.encode(s, eos=True)]))[0]
         assert alone == g
-        ids, _ = beam_decode(model, torch.tensor([sv.encode(s)]), beam_size=1)
+        ids, _ = beam_decode(model, torch.tensor([sv.encode(s, eos=True)]), num_beams=1)
         assert ids == g
-    assert translate(model, srcs, sv, tv, beam_size=3) is not None
+    assert len(translate(model, srcs, sv, tv, num_beams=3)) == len(srcs)
+    assert all(len(ids) <= 2 for ids in greedy_decode(model, batch, max_new_tokens=2))
 
 
 def test_bleu_from_scratch_matches_sacrebleu():

@@ -4,7 +4,7 @@ from lmkit.bench import bench_decode, bench_training
 
 
 def test_bench_decode_compares_the_same_tokens():
-    r = bench_decode(new_tokens=8, rounds=1)
+    r = bench_decode(max_new_tokens=8, rounds=1)
     assert r["vs_transformers"]["same_tokens"] and r["cache_vs_no_cache"]["same_tokens"]
     assert r["vs_transformers"]["new_tokens"] == 8 and r["cache_vs_no_cache"]["speedup"] > 0
 

@@ -26,7 +26,7 @@ CASES = [
     ("eval", ["--corpus", "nosuch"], "unknown corpus 'nosuch'"),
     # checked before the benchmark runs, not after minutes of it
     ("bench", ["--out", "{tmp}/missing/bench.json"], "--out {tmp}/missing/bench.json: directory"),
-    ("bench", ["--train-steps", "0"], "--new-tokens and --train-steps must be >= 1"),
+    ("bench", ["--train-steps", "0"], "--max-new-tokens and --train-steps must be >= 1"),
     ("serve", ["--checkpoint", "{tmp}/missing"], "{tmp}/missing holds no model.safetensors"),
     (
         "serve",

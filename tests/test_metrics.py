@@ -11,6 +11,10 @@ from lmkit import metrics
 
 def test_perplexity_bpc():
     assert metrics.perplexity(math.log(10)) == pytest.approx(10)
+    assert metrics.perplexity(0.0) == 1.0  # a model that is always sure and right
+    assert metrics.perplexity(math.log(2) * 3) == pytest.approx(8.0)  # 3 bits: 8 choices
+    assert metrics.perplexity(math.inf) == math.inf and metrics.perplexity(1e4) == math.inf
+    assert isinstance(metrics.perplexity(torch.tensor(0.5)), float)
     assert metrics.bits_per_char(math.log(2), 10, 10) == pytest.approx(1.0)
     assert metrics.bits_per_char(math.log(2), 5, 10) == pytest.approx(0.5)
 
@@ -26,8 +30,31 @@ def test_bleu_rouge_identity():
     s = "the cat sat on the mat today"
     assert metrics.bleu([s], [s]) == pytest.approx(100)
     assert metrics.sentence_bleu(s, s) == pytest.approx(100)
-    assert metrics.rouge(s, s)["rougeL"] == pytest.approx(1.0)
+    assert metrics.rouge(s, s) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
     assert metrics.rouge("a b", "c d")["rouge1"] == 0.0
+
+
+def test_perplexity_has_one_definition():
+    from lmkit.data import stats
+    from lmkit.models import ngram
+
+    assert metrics.perplexity is stats.perplexity is ngram.perplexity
+
+
+def test_rouge_equals_rouge_score_on_a_known_pair():
+    from rouge_score import rouge_scorer
+
+    hyp = "The cats were sitting on the mats."
+    ref = "A cat sat on the mat."
+    for stem in (True, False):
+        lib = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=stem)
+        expected = {k: v.fmeasure for k, v in lib.score(ref, hyp).items()}  # (target, prediction)
+        assert metrics.rouge(hyp, ref, use_stemmer=stem) == pytest.approx(expected)
+    # by hand: F1 = 2 matches / (7 hypothesis + 6 reference words); stemmed, "cat", "on", "the",
+    # "mat" match ("sitting" -> "sit" is not "sat"), unstemmed only "on" and "the"
+    assert metrics.rouge(hyp, ref, ("rouge1",)) == {"rouge1": pytest.approx(2 * 4 / 13)}
+    plain = metrics.rouge(hyp, ref, ("rouge1",), use_stemmer=False)["rouge1"]
+    assert plain == pytest.approx(2 * 2 / 13)
 
 
 def test_meteor():

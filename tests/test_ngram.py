@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from lmkit.models.ngram import NGramLM, perplexity
+from lmkit.metrics import perplexity
+from lmkit.models.ngram import NGramLM
 
 IDS = [0, 1, 2, 0, 1, 2, 0, 1, 3, 0, 1, 2]
 
@@ -58,11 +59,25 @@ def test_perplexity_of_uniform_model_is_vocab_size():
     assert perplexity(math.log(7.0)) == pytest.approx(7.0)
 
 
+def test_perplexity_method_is_the_one_function_of_the_mean_nll(monkeypatch):
+    import lmkit.models.ngram as ngram
+
+    m = NGramLM(2, "kn").fit(IDS, 4)
+    assert m.perplexity(IDS) == pytest.approx(math.exp(m.nll(IDS)))
+    assert NGramLM(2, "mle").fit(IDS, 4).perplexity([1, 0]) == math.inf  # unseen bigram
+    seen = []
+    monkeypatch.setattr(ngram, "perplexity", lambda h: seen.append(h) or -1.0)
+    assert m.perplexity(IDS) == -1.0 and seen == [pytest.approx(m.nll(IDS))]
+
+
 def test_generate_is_seeded_and_in_range():
     m = NGramLM(2).fit(IDS, 4)
     a = m.generate([0], 20, seed=3)
-    assert a == m.generate([0], 20, seed=3)
+    assert a == m.generate([0], max_new_tokens=20, seed=3)
     assert len(a) == 20 and all(0 <= t < 4 for t in a)
+    assert m.generate([0, 1], max_new_tokens=0) == []
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        m.generate([0], max_new_tokens=-1)
 
 
 def test_errors():

@@ -1,10 +1,12 @@
-"""lmkit.apps.summarize: sentence splitting, lead/centroid/TextRank selection, ROUGE from scratch vs rouge-score."""
+"""lmkit.apps.summarize: sentence splitting, lead/centroid/TextRank selection, ROUGE-N from
+scratch against rouge-score and lmkit.metrics.rouge."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
+from lmkit import metrics
 from lmkit.apps import summarize
 
 DATA = Path(__file__).resolve().parents[1] / "book" / "data" / "summaries"
@@ -67,10 +69,23 @@ def test_rouge_n_equals_rouge_score(n, key):
     assert mine["fmeasure"] == pytest.approx(theirs.fmeasure)
 
 
-def test_rouge_wrapper_and_edge_cases():
-    r = summarize.rouge("the cat sat", "the cat sat")
-    assert r == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+@pytest.mark.parametrize("n", [1, 2])
+def test_rouge_n_equals_the_one_rouge(n):
+    hyp = "The lead sentence says it all, and the lead sentence is short."
+    ref = "The lead sentence is short and says everything."
+    mine = summarize.rouge_n(hyp, ref, n)
+    one = metrics.rouge(hyp, ref, (f"rouge{n}",), use_stemmer=False)[f"rouge{n}"]
+    assert mine["fmeasure"] == pytest.approx(one, abs=1e-12)
+    assert not hasattr(summarize, "rouge")  # one ROUGE wrapper: lmkit.metrics.rouge
+
+
+def test_rouge_n_edge_cases():
     assert summarize.rouge_n("", "the cat", 1)["fmeasure"] == 0.0
+    assert summarize.rouge_n("the cat", "the cat", 2) == {
+        "precision": 1.0,
+        "recall": 1.0,
+        "fmeasure": 1.0,
+    }
     assert summarize.rouge_tokens("Hello, World-2!") == ["hello", "world", "2"]
 
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmkit.apps.seq2seq import DecoderLayer, EncoderLayer, Seq2SeqConfig, pad_batch
+from lmkit.apps.seq2seq import DecoderLayer, EncoderLayer, Seq2SeqConfig
+from lmkit.data import BOS, EOS, PAD, Vocab, pad_batch
 from lmkit.nn import device_of
 from lmkit.optim import optimizer_step
 
@@ -29,7 +30,6 @@ COLOURS = {
 }
 SHAPES = ["circle", "square", "triangle"]
 RELATIONS = ["left of", "right of", "above", "below"]
-SPECIALS = ["<pad>", "<bos>", "<eos>"]
 
 
 def _draw(img: np.ndarray, shape: str, cx: float, cy: float, r: float, rgb) -> None:
@@ -123,30 +123,11 @@ def make_scenes(
     return [make_scene(rng, size, p_two, noise) for _ in range(n)]
 
 
-class CaptionVocab:
-    """Word vocabulary of the scene captions ("left of" and "right of" are two words each)."""
-
-    def __init__(self):
-        words = ["a"] + list(COLOURS) + SHAPES + ["left", "right", "of", "above", "below"]
-        self.itos = SPECIALS + words
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
-        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def encode(self, caption: str) -> list[int]:
-        return [self.bos_id] + [self.stoi[w] for w in caption.split()] + [self.eos_id]
-
-    def decode(self, ids) -> str:
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos_id:
-                break
-            if i >= len(SPECIALS):
-                out.append(self.itos[i])
-        return " ".join(out)
+def caption_vocab() -> Vocab:
+    """The word vocabulary of the scene captions: ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2, then
+    "a", the colours, the shapes and the relation words ("left of" is two words). Chapter 22."""
+    words = ["a", *COLOURS, *SHAPES, "left", "right", "of", "above", "below"]
+    return Vocab(words, specials=(PAD, BOS, EOS))
 
 
 def images_tensor(scenes) -> torch.Tensor:
@@ -154,10 +135,10 @@ def images_tensor(scenes) -> torch.Tensor:
     return torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).contiguous()
 
 
-def captions_tensor(scenes, vocab: CaptionVocab) -> torch.Tensor:
+def captions_tensor(scenes, vocab: Vocab) -> torch.Tensor:
     """Scenes -> padded caption ids (B, T) = <bos> words <eos> <pad>..."""
-    seqs = [vocab.encode(s.caption) for s in scenes]
-    return pad_batch(seqs)
+    seqs = [vocab.encode(s.caption, bos=True, eos=True) for s in scenes]
+    return pad_batch(seqs, vocab.pad_id)
 
 
 @dataclass
@@ -172,7 +153,7 @@ class CaptionerConfig:
     n_enc: int = 1
     n_dec: int = 2
     d_ff: int = 128
-    max_len: int = 16
+    block_size: int = 16  # the longest caption (<bos> and <eos> included) the decoder accepts
     dropout: float = 0.0
     stem: str = "conv"  # "conv": 3x3 convolution then patchify; "linear": ViT patch embedding only
 
@@ -192,7 +173,7 @@ class Captioner(nn.Module):
             raise ValueError("image_size must be a multiple of patch")
         self.n_patches = (c.image_size // c.patch) ** 2
         sc = Seq2SeqConfig(
-            1, c.vocab_size, c.d_model, c.n_head, c.n_enc, c.n_dec, c.d_ff, c.max_len, c.dropout
+            1, c.vocab_size, c.d_model, c.n_head, c.n_enc, c.n_dec, c.d_ff, c.block_size, c.dropout
         )
         patchify = nn.Conv2d(
             5 if c.stem == "linear" else 32, c.d_model, kernel_size=c.patch, stride=c.patch
@@ -206,7 +187,7 @@ class Captioner(nn.Module):
         self.patch_pos = nn.Parameter(torch.randn(1, self.n_patches, c.d_model) * 0.02)
         self.enc = nn.ModuleList(EncoderLayer(sc) for _ in range(c.n_enc))
         self.tok_emb = nn.Embedding(c.vocab_size, c.d_model, padding_idx=0)
-        self.tok_pos = nn.Parameter(torch.randn(1, c.max_len, c.d_model) * 0.02)
+        self.tok_pos = nn.Parameter(torch.randn(1, c.block_size, c.d_model) * 0.02)
         self.dec = nn.ModuleList(DecoderLayer(sc) for _ in range(c.n_dec))
         self.ln_enc, self.ln_dec = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.vocab_size)
@@ -228,7 +209,12 @@ class Captioner(nn.Module):
         return self.ln_enc(x)
 
     def decode(self, tokens_in: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """tokens_in (B, T) -> logits (B, T, vocab)."""
+        """tokens_in (B, T) -> logits (B, T, vocab); T is at most ``config.block_size``."""
+        if tokens_in.size(1) > self.config.block_size:
+            raise ValueError(
+                f"caption of {tokens_in.size(1)} tokens is longer than "
+                f"block_size={self.config.block_size}"
+            )
         y = self.tok_emb(tokens_in) + self.tok_pos[:, : tokens_in.size(1)]
         for layer in self.dec:
             y = layer(y, memory, None, tokens_in.eq(0))
@@ -251,14 +237,16 @@ class Captioner(nn.Module):
 def train_captioner(
     model: Captioner,
     scenes,
-    vocab: CaptionVocab,
+    vocab: Vocab,
     steps: int = 300,
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
     device: str = "cpu",
 ) -> list[float]:
-    """AdamW with warmup + cosine decay on random mini-batches; returns the loss per step. Chapter 22."""
+    """AdamW with warmup + cosine decay on random mini-batches; returns the loss per step.
+
+    Chapter 22."""
     torch.manual_seed(seed)
     model.to(device).train()
     images, tokens = images_tensor(scenes).to(device), captions_tensor(scenes, vocab).to(device)
@@ -282,15 +270,16 @@ def train_captioner(
 
 @torch.no_grad()
 def greedy_caption(
-    model: Captioner, images: torch.Tensor, vocab: CaptionVocab, max_len: int = 12
+    model: Captioner, images: torch.Tensor, vocab: Vocab, max_new_tokens: int = 12
 ) -> list[str]:
-    """Greedy decoding: images (B, 3, H, W) -> B captions. Explained in chapter 22."""
+    """Greedy decoding: images (B, 3, H, W) -> B captions of at most ``max_new_tokens`` tokens
+    (``<eos>`` included). Explained in chapter 22."""
     model.eval()
     dev = device_of(model)
     memory = model.encode(images.to(dev))
     ys = torch.full((images.size(0), 1), vocab.bos_id, dtype=torch.long, device=dev)
     done = torch.zeros(images.size(0), dtype=torch.bool, device=dev)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         nxt = model.decode(ys, memory)[:, -1].argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, vocab.pad_id), nxt)
         ys = torch.cat([ys, nxt[:, None]], 1)
@@ -302,13 +291,15 @@ def greedy_caption(
 
 @torch.no_grad()
 def cross_attention_maps(
-    model: Captioner, image: torch.Tensor, caption: str, vocab: CaptionVocab
+    model: Captioner, image: torch.Tensor, caption: str, vocab: Vocab
 ) -> torch.Tensor:
-    """Cross-attention while reading ``caption`` (teacher forced), averaged over heads:
-    (n_dec, T, gh, gw), row t = the step that predicts word t (the last predicts <eos>). Chapter 22."""
+    """Cross-attention while reading ``caption`` (teacher forced), averaged over heads.
+
+    Returns (n_dec, T, gh, gw): row t is the step that predicts word t (the last predicts <eos>).
+    Chapter 22."""
     model.eval()
     dev = device_of(model)
-    tokens = torch.tensor([vocab.encode(caption)[:-1]], device=dev)
+    tokens = torch.tensor([vocab.encode(caption, bos=True)], device=dev)
     model(image[None].to(dev), tokens)
     g = model.config.image_size // model.config.patch
     return (
@@ -319,7 +310,9 @@ def cross_attention_maps(
 
 
 def parse_caption(caption: str) -> dict:
-    """Caption -> {"objects": [(colour|None, shape|None), ...], "relation": str|None}; tolerant of errors."""
+    """Caption -> {"objects": [(colour|None, shape|None), ...], "relation": str|None}.
+
+    Tolerant of errors: a missing colour or shape is None."""
     words = caption.split()
     rel = None
     for r in RELATIONS:
@@ -373,7 +366,8 @@ def chance_accuracy() -> dict:
 
 
 def plot_scenes(scenes_or_images, titles=None, ncols: int = 4, size: float = 2.2):
-    """Static small multiples of images (H, W, 3) with titles (e.g. reference and generated captions)."""
+    """Static small multiples of images (H, W, 3) with titles (e.g. reference and generated
+    captions)."""
     import matplotlib.pyplot as plt
 
     imgs = [s.image if isinstance(s, Scene) else s for s in scenes_or_images]

@@ -2,7 +2,8 @@
 
 Explained in chapter 18.
 
-* :func:`vader_predict`: a sentiment **lexicon** baseline (VADER, Hutto & Gilbert 2014), no training;
+* :func:`vader_predict`: a sentiment **lexicon** baseline (VADER, Hutto & Gilbert 2014), no
+  training;
 * :func:`bow_logreg`: bag-of-words (TF-IDF of words and word pairs) + logistic regression;
 * :class:`GRUClassifier` + :func:`train_gru`: embeddings and a GRU trained from scratch;
 * :class:`EncoderClassifier` + :func:`finetune_encoder`: the pretrained all-MiniLM-L6-v2 encoder
@@ -14,8 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
-import re
-from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmkit.assets import book_dir
+from lmkit.data import PAD, UNK, Vocab, tokenize_words
 from lmkit.optim import optimizer_step
 from lmkit.pretrained import load_encoder
 
@@ -52,9 +53,10 @@ def load_sentiment(path=None) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def classification_metrics(y_true, y_pred, labels) -> dict:
-    """{"accuracy", "macro_f1", "confusion"}: confusion[i, j] counts true labels[i] predicted labels[j].
+    """{"accuracy", "macro_f1", "confusion"}.
 
-    Macro-F1 is the unweighted mean over classes of F1 = 2PR / (P + R).
+    confusion[i, j] counts the texts of true label labels[i] predicted as labels[j]. Macro-F1 is
+    the unweighted mean over classes of F1 = 2PR / (P + R).
     """
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
@@ -81,7 +83,8 @@ def vader_scores(texts) -> list[float]:
 def vader_predict(texts, threshold: float = 0.0, neutral: bool = False) -> list[str]:
     """Label texts with VADER: compound >= threshold -> "positive", else "negative".
 
-    With ``neutral=True``, |compound| < threshold gives "neutral" (VADER's own convention uses 0.05).
+    With ``neutral=True``, |compound| < threshold gives "neutral" (VADER's own convention uses
+    0.05).
     """
     out = []
     for s in vader_scores(texts):
@@ -111,29 +114,16 @@ def bow_logreg(train_texts, train_labels, C: float = 10.0, ngram_range=(1, 2)):
 # --- 3. a GRU from scratch -------------------------------------------------------------------
 
 
-def tokenize_words(text: str) -> list[str]:
-    """Lower-cased words, with n't kept as its own token: "didn't" -> ["did", "n't"]."""
-    text = text.lower().replace("n't", " n't")
-    return re.findall(r"n't|[a-z0-9']+|[!?]", text)
+# Review words: digits, "!" and "?" kept, "n't" split off: "Didn't like it!" -> did n't like it !
+review_words = partial(tokenize_words, digits=True, punctuation="!?", split_negation=True)
 
 
-class WordVocab:
-    """Word -> id for the GRU; 0 = padding, 1 = unknown; words seen >= ``min_count`` times."""
-
-    def __init__(self, texts, min_count: int = 1):
-        counts = Counter(w for t in texts for w in tokenize_words(t))
-        self.itos = ["<pad>", "<unk>"] + sorted(w for w, c in counts.items() if c >= min_count)
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
-
-    def __len__(self):
-        return len(self.itos)
-
-    def encode_batch(self, texts, max_len: int = 64):
-        """(ids (B, T) int64 right-padded, lengths (B,) int64)."""
-        seqs = [[self.stoi.get(w, 1) for w in tokenize_words(t)][:max_len] or [1] for t in texts]
-        t = max(map(len, seqs))
-        ids = torch.tensor([s + [0] * (t - len(s)) for s in seqs], dtype=torch.long)
-        return ids, torch.tensor([len(s) for s in seqs], dtype=torch.long)
+def gru_vocab(texts, min_count: int = 1) -> Vocab:
+    """The GRU's vocabulary: ``<pad>`` = 0, ``<unk>`` = 1, then the words of ``texts`` (split by
+    :data:`review_words`) seen at least ``min_count`` times, in alphabetical order."""
+    return Vocab.from_texts(
+        texts, min_count=min_count, specials=(PAD, UNK), order="alphabetical", tokenize=review_words
+    )
 
 
 class GRUClassifier(nn.Module):
@@ -179,25 +169,27 @@ def train_gru(
     batch_size: int = 16,
     lr: float = 3e-3,
     seed: int = 0,
+    max_length: int = 64,
     device="cpu",
     **model_kwargs,
 ):
-    """Build a vocabulary on the training texts and train a :class:`GRUClassifier`.
+    """Build a vocabulary on the training texts (:func:`gru_vocab`) and train a
+    :class:`GRUClassifier` on texts cut to ``max_length`` words.
 
     Returns (model in eval mode, vocab, losses per epoch). Explained in chapter 18.
     """
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    vocab = WordVocab(train_texts)
+    vocab = gru_vocab(train_texts)
     model = GRUClassifier(len(vocab), len(labels), **model_kwargs).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    y = torch.tensor([labels.index(l) for l in train_labels])
+    y = torch.tensor([labels.index(label) for label in train_labels])
     losses = []
     for _ in range(epochs):
         model.train()
         total = 0.0
         for idx in _batches(len(train_texts), batch_size, g):
-            ids, lens = vocab.encode_batch([train_texts[i] for i in idx])
+            ids, lens = vocab.encode_batch([train_texts[i] for i in idx], max_length=max_length)
             loss = F.cross_entropy(model(ids.to(device), lens), y[idx].to(device))
             total += optimizer_step(loss, opt) * len(idx)
         losses.append(total / len(train_texts))
@@ -205,9 +197,11 @@ def train_gru(
 
 
 @torch.no_grad()
-def predict_gru(model, vocab: WordVocab, texts, labels, device="cpu") -> list[str]:
-    """Predicted label names for ``texts``."""
-    ids, lens = vocab.encode_batch(texts)
+def predict_gru(
+    model, vocab: Vocab, texts, labels, max_length: int = 64, device="cpu"
+) -> list[str]:
+    """Predicted label names for ``texts`` (cut to ``max_length`` words)."""
+    ids, lens = vocab.encode_batch(texts, max_length=max_length)
     return [labels[i] for i in model.eval()(ids.to(device), lens).argmax(-1).tolist()]
 
 
@@ -274,7 +268,7 @@ def finetune_encoder(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm + 1e-9)))
     )
-    y = torch.tensor([labels.index(l) for l in train_labels])
+    y = torch.tensor([labels.index(label) for label in train_labels])
     losses = []
     for _ in range(epochs):
         model.train()

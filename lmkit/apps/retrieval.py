@@ -1,4 +1,4 @@
-"""Retrieval for question answering: passages, a dense top-k retriever, a TF-IDF baseline, hit rate@k.
+"""Retrieval for question answering: passages, dense top-k retrieval, a TF-IDF baseline, hit rate@k.
 
 Explained in chapter 23. A question and every passage are embedded by the pretrained sentence
 encoder (:func:`lmkit.pretrained.embed_sentences`, all-MiniLM-L6-v2, unit vectors of 384 numbers);
@@ -102,7 +102,7 @@ def cosine_scores(queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor
 
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best passages per query: (values (Q, k), indices (Q, k)); ties go to the lower index."""
+    """The k best passages per query: (values (Q, k), indices (Q, k)); ties: lower index first."""
     k = min(k, scores.size(-1))
     order = torch.sort(scores, dim=-1, descending=True, stable=True)
     return order.values[:, :k], order.indices[:, :k]

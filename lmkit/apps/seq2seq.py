@@ -9,7 +9,6 @@ weights of its last cross-attention so that alignments can be plotted.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -17,59 +16,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmkit.data import BOS, EOS, PAD, UNK, Vocab, pad_batch
 from lmkit.nn import FeedForward, sinusoidal_positions
 from lmkit.optim import optimizer_step
 
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+# The special tokens of both vocabularies, in id order: <pad> = 0, <bos> = 1, <eos> = 2,
+# <unk> = 3. The model reads id 0 as padding; the decoders default to bos_id 1 and eos_id 2.
+SPECIALS = (PAD, BOS, EOS, UNK)
 
 
-def word_tokens(text: str) -> list[str]:
-    """Lower-cased words and punctuation: "Forty-two" -> ["forty", "-", "two"]."""
-    return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
+def _check_specials(*vocabs: Vocab) -> None:
+    for v in vocabs:
+        if (v.pad_id, v.bos_id, v.eos_id) != (0, 1, 2):
+            raise ValueError(
+                f"the model needs <pad> = 0, <bos> = 1, <eos> = 2, got {v!r}: "
+                "build the vocabulary with specials=SPECIALS"
+            )
 
 
 def char_tokens(text: str) -> list[str]:
     """One token per non-space character (how Chinese text is tokenized here)."""
     return [c for c in text if not c.isspace()]
-
-
-class Vocab:
-    """Token <-> id table with ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2, ``<unk>`` = 3."""
-
-    def __init__(self, tokens, tokenize=word_tokens, join: str = " "):
-        self.itos = [PAD, BOS, EOS, UNK] + sorted(set(tokens) - {PAD, BOS, EOS, UNK})
-        self.stoi = {t: i for i, t in enumerate(self.itos)}
-        self.tokenize, self.join = tokenize, join
-
-    @classmethod
-    def from_texts(cls, texts, tokenize=word_tokens, join: str = " ") -> Vocab:
-        return cls([t for s in texts for t in tokenize(s)], tokenize, join)
-
-    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def encode(self, text: str, bos: bool = False, eos: bool = True) -> list[int]:
-        ids = [self.stoi.get(t, self.unk_id) for t in self.tokenize(text)]
-        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
-
-    def decode(self, ids) -> str:
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos_id:
-                break
-            if i in (self.pad_id, self.bos_id):
-                continue
-            out.append(self.itos[i])
-        return self.join.join(out)
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int = 0) -> torch.Tensor:
-    """Right-pad lists of ids to one (B, T_max) int64 tensor."""
-    t = max(len(s) for s in seqs)
-    return torch.tensor([s + [pad_id] * (t - len(s)) for s in seqs], dtype=torch.long)
 
 
 @dataclass
@@ -83,7 +50,7 @@ class Seq2SeqConfig:
     n_enc: int = 2
     n_dec: int = 2
     d_ff: int = 128
-    max_len: int = 64
+    block_size: int = 64  # the longest source, and the longest target, the model accepts
     dropout: float = 0.1
 
 
@@ -156,7 +123,7 @@ class Seq2SeqTransformer(nn.Module):
         c = self.config = config
         self.src_emb = nn.Embedding(c.src_vocab, c.d_model, padding_idx=0)
         self.tgt_emb = nn.Embedding(c.tgt_vocab, c.d_model, padding_idx=0)
-        self.register_buffer("pos", sinusoidal_positions(c.max_len, c.d_model), persistent=False)
+        self.register_buffer("pos", sinusoidal_positions(c.block_size, c.d_model), persistent=False)
         self.enc = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_enc))
         self.dec = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_dec))
         self.ln_enc, self.ln_dec = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
@@ -164,9 +131,10 @@ class Seq2SeqTransformer(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def _embed(self, emb, ids):
-        if ids.size(1) > self.config.max_len:
+        if ids.size(1) > self.config.block_size:
             raise ValueError(
-                f"sequence of {ids.size(1)} tokens is longer than max_len={self.config.max_len}"
+                f"sequence of {ids.size(1)} tokens is longer than "
+                f"block_size={self.config.block_size}"
             )
         return self.drop(emb(ids) * math.sqrt(self.config.d_model) + self.pos[: ids.size(1)])
 
@@ -202,9 +170,13 @@ class Seq2SeqTransformer(nn.Module):
 
 
 def make_batch(pairs, src_vocab: Vocab, tgt_vocab: Vocab):
-    """(src (B, S), tgt (B, T)) tensors for a list of (source text, target text) pairs."""
-    src = pad_batch([src_vocab.encode(s) for s, _ in pairs])
-    tgt = pad_batch([tgt_vocab.encode(t, bos=True) for _, t in pairs])
+    """(src (B, S), tgt (B, T)) tensors for a list of (source text, target text) pairs.
+
+    src = source ids <eos> <pad>...; tgt = <bos> target ids <eos> <pad>...
+    """
+    _check_specials(src_vocab, tgt_vocab)
+    src = pad_batch([src_vocab.encode(s, eos=True) for s, _ in pairs], src_vocab.pad_id)
+    tgt = pad_batch([tgt_vocab.encode(t, bos=True, eos=True) for _, t in pairs], tgt_vocab.pad_id)
     return src, tgt
 
 
@@ -220,9 +192,9 @@ def train_seq2seq(
     seed: int = 0,
     device="cpu",
 ) -> list[float]:
-    """Train with AdamW and a warmup-cosine schedule on random mini-batches; returns losses per step.
+    """Train with AdamW and a warmup-cosine schedule on random mini-batches.
 
-    Explained in chapter 19.
+    Returns the loss of each step. Explained in chapter 19.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -246,17 +218,18 @@ def train_seq2seq(
 
 @torch.no_grad()
 def greedy_decode(
-    model, src: torch.Tensor, max_len: int = 16, bos_id: int = 1, eos_id: int = 2
+    model, src: torch.Tensor, max_new_tokens: int = 16, bos_id: int = 1, eos_id: int = 2
 ) -> list[list[int]]:
     """Greedy decoding of a batch src (B, S): at each step the most likely next token.
 
-    Returns one list of ids per source (without <bos>, cut at <eos>). Explained in chapter 19.
+    Produces at most ``max_new_tokens`` tokens per source (``<eos>`` included). Returns one list
+    of ids per source (without <bos>, cut at <eos>). Explained in chapter 19.
     """
     model.eval()
     memory, mask = model.encode(src)
     ys = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)
     done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         nxt = model.decode(ys, memory, mask)[:, -1].argmax(-1)
         nxt = torch.where(done, torch.zeros_like(nxt), nxt)
         ys = torch.cat([ys, nxt[:, None]], 1)
@@ -273,27 +246,28 @@ def greedy_decode(
 def beam_decode(
     model,
     src: torch.Tensor,
-    beam_size: int = 4,
-    max_len: int = 16,
+    num_beams: int = 4,
+    max_new_tokens: int = 16,
     bos_id: int = 1,
     eos_id: int = 2,
     length_penalty: float = 1.0,
 ) -> tuple[list[int], float]:
-    """Beam search for ONE source src (1, S): keep the ``beam_size`` best prefixes by log-probability.
+    """Beam search for ONE source src (1, S): keep the ``num_beams`` best prefixes by log-prob.
 
-    Finished hypotheses are ranked by log p / len**length_penalty. Returns (ids, score).
-    With beam_size = 1 this equals :func:`greedy_decode`. Explained in chapter 19.
+    At most ``max_new_tokens`` tokens (``<eos>`` included); finished hypotheses are ranked by
+    log p / len**length_penalty. Returns (ids, score). With num_beams = 1 this equals
+    :func:`greedy_decode`. Explained in chapter 19.
     """
     model.eval()
     memory, mask = model.encode(src)
     beams = [([bos_id], 0.0)]
     finished = []
-    for _ in range(max_len):
+    for _ in range(max_new_tokens):
         ys = torch.tensor([b[0] for b in beams], dtype=torch.long, device=src.device)
         k = len(beams)
         logp = model.decode(ys, memory.expand(k, -1, -1), mask.expand(k, -1))[:, -1].log_softmax(-1)
         scores = torch.tensor([b[1] for b in beams], device=src.device)[:, None] + logp
-        top = scores.flatten().topk(min(beam_size * 2, scores.numel()))
+        top = scores.flatten().topk(min(num_beams * 2, scores.numel()))
         new = []
         for s, flat in zip(top.values.tolist(), top.indices.tolist()):
             b, tok = divmod(flat, logp.size(-1))
@@ -302,11 +276,11 @@ def beam_decode(
                 finished.append((seq[1:-1], s / (len(seq) - 1) ** length_penalty))
             else:
                 new.append((seq, s))
-            if len(new) == beam_size:
+            if len(new) == num_beams:
                 break
         beams = new
         if not beams or (
-            len(finished) >= beam_size
+            len(finished) >= num_beams
             and max(f[1] for f in finished)
             >= max(s / (len(q) - 1) ** length_penalty for q, s in beams)
         ):
@@ -321,21 +295,31 @@ def translate(
     sources: list[str],
     src_vocab: Vocab,
     tgt_vocab: Vocab,
-    beam_size: int = 1,
-    max_len: int = 16,
+    num_beams: int = 1,
+    max_new_tokens: int = 16,
     batch_size: int = 256,
     device="cpu",
 ) -> list[str]:
-    """Translate a list of strings; beam_size 1 is greedy (batched). Explained in chapter 19."""
+    """Translate a list of strings; num_beams 1 is greedy (batched). Explained in chapter 19."""
+    _check_specials(src_vocab, tgt_vocab)
     out = []
-    if beam_size == 1:
+    if num_beams == 1:
         for i in range(0, len(sources), batch_size):
-            src = pad_batch([src_vocab.encode(s) for s in sources[i : i + batch_size]]).to(device)
-            out += [tgt_vocab.decode(ids) for ids in greedy_decode(model, src, max_len)]
+            src = pad_batch(
+                [src_vocab.encode(s, eos=True) for s in sources[i : i + batch_size]],
+                src_vocab.pad_id,
+            ).to(device)
+            out += [
+                tgt_vocab.decode(ids)
+                for ids in greedy_decode(model, src, max_new_tokens=max_new_tokens)
+            ]
     else:
         for s in sources:
             ids, _ = beam_decode(
-                model, torch.tensor([src_vocab.encode(s)], device=device), beam_size, max_len
+                model,
+                torch.tensor([src_vocab.encode(s, eos=True)], device=device),
+                num_beams=num_beams,
+                max_new_tokens=max_new_tokens,
             )
             out.append(tgt_vocab.decode(ids))
     return out
@@ -351,8 +335,8 @@ def cross_attention(
     column s is source token s (the last column is the source's <eos>). Explained in chapter 19.
     """
     model.eval()
-    src = torch.tensor([src_vocab.encode(source)])
-    tgt = torch.tensor([tgt_vocab.encode(target, bos=True, eos=False)])
+    src = torch.tensor([src_vocab.encode(source, eos=True)])
+    tgt = torch.tensor([tgt_vocab.encode(target, bos=True)])
     model(src, tgt)
     return torch.stack([layer.cross_weights[0] for layer in model.dec])
 
@@ -386,7 +370,9 @@ def bleu_from_scratch(hyps: list[list[str]], refs: list[list[str]], max_n: int =
 
 
 def corpus_bleu(hyps: list[str], refs: list[str], tokenize: str = "zh") -> float:
-    """sacrebleu's corpus BLEU (0-100) with one reference per hypothesis; "zh" splits Chinese characters."""
+    """sacrebleu's corpus BLEU (0-100), one reference per hypothesis.
+
+    ``tokenize="zh"`` splits Chinese characters."""
     import sacrebleu
 
     return sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score

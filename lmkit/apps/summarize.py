@@ -4,7 +4,8 @@ An extractive summary (抽取式摘要) copies k sentences of the text. Which on
 (lead-k, the baseline that news text is hard to beat with); those closest to the centroid of all
 sentence embeddings; or those most central in the graph of sentence similarities (TextRank,
 PageRank over cosine similarities). Summaries are scored against a written reference with ROUGE
-(the ``rouge-score`` package), re-derived from scratch in :func:`rouge_n`.
+(:func:`lmkit.metrics.rouge`, the ``rouge-score`` package); :func:`rouge_n` re-derives ROUGE-N
+from scratch as the chapter's teaching code.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ _ABBREVIATIONS = {"e.g.", "i.e.", "etc.", "mr.", "mrs.", "dr.", "vs.", "cf.", "f
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split English prose into sentences at ., ! or ? followed by space and a capital. Chapter 23."""
+    """Split English prose into sentences at ., ! or ? followed by a space and a capital.
+
+    Chapter 23."""
     pieces = [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
     out: list[str] = []
     for piece in pieces:  # a piece that ends in an abbreviation ("e.g.") continues in the next
@@ -46,11 +49,11 @@ def centroid_scores(embeddings: torch.Tensor) -> torch.Tensor:
 def textrank_scores(
     embeddings: torch.Tensor, damping: float = 0.85, iters: int = 100, tol: float = 1e-8
 ) -> torch.Tensor:
-    """TextRank: PageRank over the sentence-similarity graph; (N, d) -> (N,) summing to 1. Chapter 23.
+    """TextRank: PageRank over the sentence-similarity graph: (N, d) -> (N,) summing to 1.
 
     Edge weights are the cosine similarities clipped at 0, with no self-loops; each row is
     normalised to a transition distribution and the power iteration
-    ``r <- (1 - damping) / N + damping * W^T r`` runs until it moves less than ``tol``.
+    ``r <- (1 - damping) / N + damping * W^T r`` runs until it moves less than ``tol``. Chapter 23.
     """
     e = torch.nn.functional.normalize(embeddings.double(), dim=-1)
     n = e.size(0)
@@ -107,25 +110,15 @@ def _ngrams(tokens: list[str], n: int) -> Counter:
     return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
-def rouge_n(prediction: str, reference: str, n: int = 1) -> dict[str, float]:
+def rouge_n(hypothesis: str, reference: str, n: int = 1) -> dict[str, float]:
     """ROUGE-N from scratch: clipped n-gram overlap as precision, recall and F1. Chapter 23.
 
-    recall = overlap / reference n-grams, precision = overlap / predicted n-grams, F1 their
-    harmonic mean; equal to ``rouge_score.rouge_scorer`` with ``use_stemmer=False``.
+    recall = overlap / reference n-grams, precision = overlap / hypothesis n-grams, F1 their
+    harmonic mean; the F1 equals ``lmkit.metrics.rouge(..., use_stemmer=False)``.
     """
-    p, r = _ngrams(rouge_tokens(prediction), n), _ngrams(rouge_tokens(reference), n)
+    p, r = _ngrams(rouge_tokens(hypothesis), n), _ngrams(rouge_tokens(reference), n)
     overlap = sum((p & r).values())
     precision = overlap / max(sum(p.values()), 1)
     recall = overlap / max(sum(r.values()), 1)
     f1 = 0.0 if overlap == 0 else 2 * precision * recall / (precision + recall)
     return {"precision": precision, "recall": recall, "fmeasure": f1}
-
-
-def rouge(
-    prediction: str, reference: str, types=("rouge1", "rouge2", "rougeL"), use_stemmer: bool = True
-) -> dict[str, float]:
-    """ROUGE F1 of a summary against one reference, by the ``rouge-score`` package. Chapter 23."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=use_stemmer)
-    return {t: s.fmeasure for t, s in scorer.score(reference, prediction).items()}

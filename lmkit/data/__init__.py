@@ -1,4 +1,5 @@
-"""Data: offline corpora, tokenizers, batching (chapter 8) and seeded task generators."""
+"""Data: offline corpora, tokenizers, batching (chapter 8), seeded task generators, and the one
+word tokenizer and vocabulary (:mod:`lmkit.data.vocab`)."""
 
 from lmkit.data.corpora import (
     CORPORA,
@@ -11,6 +12,7 @@ from lmkit.data.corpora import (
 )
 from lmkit.data.loaders import BlockDataset, pack_blocks, random_batch, to_tensor
 from lmkit.data.tokenizers import BPETokenizer, CharTokenizer, encoder_tokenizer, load_tokenizer
+from lmkit.data.vocab import BOS, EOS, PAD, UNK, Vocab, pad_batch, tokenize_words
 
 __all__ = [
     "CORPORA",
@@ -28,4 +30,11 @@ __all__ = [
     "CharTokenizer",
     "encoder_tokenizer",
     "load_tokenizer",
+    "PAD",
+    "UNK",
+    "BOS",
+    "EOS",
+    "Vocab",
+    "pad_batch",
+    "tokenize_words",
 ]

@@ -112,8 +112,8 @@ def load_hub_text(
 
     if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise RuntimeError(
-            f"load_hub_text({name!r}) needs internet, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set; "
-            "unset them (on Colab they are unset) or use an offline corpus"
+            f"load_hub_text({name!r}) needs internet, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
+            "is set; unset them (on Colab they are unset) or use an offline corpus"
         )
     from datasets import load_dataset
 

@@ -1,4 +1,5 @@
-"""Corpus statistics: frequencies, Zipf's law, vocabulary growth, document lengths. Chapter 8.
+"""Corpus statistics: frequencies, Zipf's law, vocabulary growth, document lengths (chapter 8),
+and the perplexity of a text under a model (chapter 1).
 
 All functions take plain Python sequences (tokens as strings or ids) and return plain numbers or
 NumPy arrays, so that they work with any tokenizer.
@@ -6,9 +7,25 @@ NumPy arrays, so that they work with any tokenizer.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
+
+
+def perplexity(mean_nll: float) -> float:
+    """Perplexity (困惑度) from the mean negative log-likelihood per token in nats: exp(mean_nll).
+
+    The one definition in lmkit, imported as ``lmkit.metrics.perplexity``. It lives here because
+    it is a statistic of a text (its mean surprise under a model, as an effective number of
+    equally likely choices per token) and because ``lmkit.data`` sits below ``lmkit.models``, so
+    the n-gram model of chapter 1 can use it too. An infinite mean NLL (a token of probability
+    0), or one too large for a float's exp, gives ``inf``. Chapters 1 and 25.
+    """
+    try:
+        return float(math.exp(mean_nll))
+    except OverflowError:
+        return math.inf
 
 
 def rank_frequency(tokens) -> tuple[list, np.ndarray]:

@@ -68,7 +68,7 @@ class CharTokenizer:
 
 
 class BPETokenizer:
-    """Byte-level BPE trained with Hugging Face ``tokenizers`` (GPT-2's scheme): no unknown tokens."""
+    """Byte-level BPE trained with Hugging Face ``tokenizers`` (GPT-2's scheme); no unknown id."""
 
     kind = "bpe"
 

@@ -10,24 +10,21 @@ word-level corpus:
 * :func:`train_glove`: GloVe (Pennington et al. 2014): a weighted least-squares factorisation of
   the log co-occurrence matrix, ``w_i . w~_j + b_i + b~_j ~ log X_ij``.
 
-and compares embeddings by their nearest neighbours (cosine similarity), analogies and the overlap of
-neighbour lists between two models (:func:`neighbor_overlap`).
+and compares embeddings by their nearest neighbours (cosine similarity), analogies and the overlap
+of neighbour lists between two models (:func:`neighbor_overlap`). Words come from
+:func:`lmkit.data.tokenize_words` and ids from :class:`lmkit.data.Vocab` (most frequent first).
 """
 
 from __future__ import annotations
-
-import re
-from collections import Counter
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmkit.data import Vocab
+
 __all__ = [
-    "tokenize_words",
-    "Vocab",
-    "build_vocab",
     "subsample",
     "skipgram_pairs",
     "SkipGramNS",
@@ -39,41 +36,6 @@ __all__ = [
     "analogy",
     "neighbor_overlap",
 ]
-
-_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
-
-
-def tokenize_words(text: str, lower: bool = True) -> list[str]:
-    """Split text into words (letters and inner apostrophes); punctuation and digits dropped."""
-    return _WORD.findall(text.lower() if lower else text)
-
-
-class Vocab:
-    """Word <-> id mapping, most frequent word first. ``counts`` (V,) int64 corpus frequencies."""
-
-    def __init__(self, itos: list[str], counts):
-        self.itos = list(itos)
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
-        self.counts = np.asarray(counts, dtype=np.int64)
-
-    def __len__(self):
-        return len(self.itos)
-
-    def __contains__(self, word):
-        return word in self.stoi
-
-    def encode(self, words) -> np.ndarray:
-        """Ids of the in-vocabulary words (out-of-vocabulary words are dropped): (N,) int64."""
-        return np.array([self.stoi[w] for w in words if w in self.stoi], dtype=np.int64)
-
-
-def build_vocab(words, min_count: int = 5, max_size: int | None = None) -> Vocab:
-    """Vocabulary of words seen at least ``min_count`` times (ties broken alphabetically)."""
-    c = Counter(words)
-    items = sorted(((w, n) for w, n in c.items() if n >= min_count), key=lambda t: (-t[1], t[0]))
-    if max_size is not None:
-        items = items[:max_size]
-    return Vocab([w for w, _ in items], [n for _, n in items])
 
 
 def subsample(ids: np.ndarray, counts: np.ndarray, t: float = 1e-3, seed: int = 0) -> np.ndarray:
@@ -96,10 +58,11 @@ def skipgram_pairs(ids: np.ndarray, window: int = 2) -> tuple[np.ndarray, np.nda
 
 
 class SkipGramNS(nn.Module):
-    """Skip-gram with negative sampling: input vectors ``v`` (centre) and output vectors ``u`` (context).
+    """Skip-gram with negative sampling: input vectors ``v`` (centre), output ``u`` (context).
 
     ``forward(center (B,), context (B,), negatives (B, K))`` -> mean loss
-    ``-log sigma(u_o . v_c) - sum_k log sigma(-u_k . v_c)``. ``vectors()`` (V, d) are the input vectors.
+    ``-log sigma(u_o . v_c) - sum_k log sigma(-u_k . v_c)``. ``vectors()`` (V, d) are the input
+    vectors.
     """
 
     def __init__(self, vocab_size: int, dim: int):

@@ -20,12 +20,9 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-__all__ = ["NGramLM", "perplexity"]
+from lmkit.data.stats import perplexity
 
-
-def perplexity(mean_nll: float) -> float:
-    """Perplexity (困惑度) from the mean negative log-likelihood in nats: ``exp(mean_nll)``. Chapter 1."""
-    return math.exp(mean_nll)
+__all__ = ["NGramLM"]
 
 
 class NGramLM:
@@ -33,7 +30,7 @@ class NGramLM:
 
     ``NGramLM(n=3, smoothing="kn").fit(ids, vocab_size)``, then ``prob(context, w)``,
     ``distribution(context) -> (V,)``, ``nll(ids)`` (mean nats per token), ``perplexity(ids)``
-    and ``generate(context, n_new, seed)``.
+    and ``generate(context, max_new_tokens, seed)``.
 
     ``discount=None`` (Kneser-Ney) estimates one discount per order from the counts of counts,
     ``D = n1 / (n1 + 2 n2)`` (Ney, Essen and Kneser 1994), or 0.5 where n1 or n2 is zero (so that
@@ -179,15 +176,20 @@ class NGramLM:
         return total / len(ids)
 
     def perplexity(self, ids) -> float:
-        """exp(nll(ids)): the effective number of equally likely choices per token. Chapter 1."""
+        """exp(nll(ids)) by :func:`lmkit.metrics.perplexity`: the effective number of equally
+        likely choices per token. Chapter 1."""
         return perplexity(self.nll(ids))
 
-    def generate(self, context, n_new: int, seed: int = 0, temperature: float = 1.0) -> list[int]:
-        """Sample n_new tokens after ``context`` (list of ids); returns the new ids."""
+    def generate(
+        self, context, max_new_tokens: int, seed: int = 0, temperature: float = 1.0
+    ) -> list[int]:
+        """Sample ``max_new_tokens`` tokens after ``context`` (list of ids); returns the new ids."""
         self._check()
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         rng = np.random.default_rng(seed)
         out = [int(i) for i in context]
-        for _ in range(n_new):
+        for _ in range(max_new_tokens):
             p = self.distribution(out)
             if temperature != 1.0:
                 p = p ** (1.0 / temperature)
