@@ -78,15 +78,19 @@ def words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text.lower())
 
 
-def bleu(hypotheses: list[str], references: list[str] | list[list[str]]) -> float:
-    """Corpus BLEU (0-100) with sacrebleu's defaults (4-grams, brevity penalty, 13a tokenization).
+def bleu(
+    hypotheses: list[str], references: list[str] | list[list[str]], tokenize: str = "13a"
+) -> float:
+    """Corpus BLEU (0-100) with sacrebleu (4-grams, brevity penalty). Chapters 11 and 19.
 
     ``references`` is one reference string per hypothesis, or a list of reference streams.
+    ``tokenize`` is sacrebleu's tokenizer: "13a" (its default, for English) or "zh" (one token
+    per Chinese character, for chapter 19's English-to-Chinese translations).
     """
     import sacrebleu
 
     refs = [references] if isinstance(references[0], str) else references
-    return float(sacrebleu.corpus_bleu(hypotheses, refs).score)
+    return float(sacrebleu.corpus_bleu(hypotheses, refs, tokenize=tokenize).score)
 
 
 def sentence_bleu(hypothesis: str, reference: str) -> float:

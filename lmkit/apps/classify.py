@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from lmkit.assets import book_dir
 from lmkit.data import PAD, UNK, Vocab, tokenize_words
+from lmkit.metrics import accuracy_f1
 from lmkit.optim import optimizer_step
 from lmkit.pretrained import load_encoder
 
@@ -58,13 +59,10 @@ def classification_metrics(y_true, y_pred, labels) -> dict:
     confusion[i, j] counts the texts of true label labels[i] predicted as labels[j]. Macro-F1 is
     the unweighted mean over classes of F1 = 2PR / (P + R).
     """
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    from sklearn.metrics import confusion_matrix
 
     return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(
-            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
-        ),
+        **accuracy_f1(y_true, y_pred, labels),
         "confusion": confusion_matrix(y_true, y_pred, labels=labels),
     }
 

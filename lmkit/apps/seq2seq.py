@@ -367,12 +367,3 @@ def bleu_from_scratch(hyps: list[list[str]], refs: list[list[str]], max_n: int =
     log_p = sum(math.log(m / t) for m, t in zip(match, total)) / max_n
     bp = 1.0 if c > r else math.exp(1 - r / c)
     return 100 * bp * math.exp(log_p)
-
-
-def corpus_bleu(hyps: list[str], refs: list[str], tokenize: str = "zh") -> float:
-    """sacrebleu's corpus BLEU (0-100), one reference per hypothesis.
-
-    ``tokenize="zh"`` splits Chinese characters."""
-    import sacrebleu
-
-    return sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score
