@@ -72,10 +72,10 @@ def adam_step(
 ) -> dict:
     """One Adam (or AdamW when ``decoupled``) step on a float or tensor ``theta``.
 
-    Explained in chapter 7. ``m``, ``v`` are the moment estimates after step ``t - 1`` (0 at the
-    start), ``t`` counts from 1. The bias corrections divide the *moments*:
-    m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t), theta <- theta - lr * m_hat / (sqrt(v_hat) + eps).
-    Returns a dict with ``theta, m, v, m_hat, v_hat, update``.
+    Explained in chapter 7. ``m``, ``v`` are the moment estimates after step ``t - 1``
+    (0 at the start), ``t`` counts from 1. The bias corrections divide the *moments*:
+    m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t), theta <- theta - lr * m_hat
+    / (sqrt(v_hat) + eps). Returns a dict with ``theta, m, v, m_hat, v_hat, update``.
     """
     b1, b2 = betas
     if weight_decay and decoupled:  # AdamW: shrink the weights, apart from the gradient
@@ -132,10 +132,10 @@ class Adam(torch.optim.Optimizer):
     """Adam (Kingma & Ba 2015); with ``decoupled=True`` it is AdamW (Loshchilov & Hutter 2019).
 
     Explained in chapter 7. Per parameter p with gradient g, at step t = 1, 2, ...:
-    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  m_hat = m / (1 - b1^t);  v_hat = v / (1 - b2^t);
-    p <- p - lr * m_hat / (sqrt(v_hat) + eps).
-    Weight decay: Adam adds ``weight_decay * p`` to g (L2); AdamW first multiplies p by
-    (1 - lr * weight_decay) and leaves g alone. Matches ``torch.optim.Adam`` / ``AdamW``.
+    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  m_hat = m / (1 - b1^t);
+    v_hat = v / (1 - b2^t); p <- p - lr * m_hat / (sqrt(v_hat) + eps). Weight decay:
+    Adam adds ``weight_decay * p`` to g (L2); AdamW first multiplies p by (1 - lr *
+    weight_decay) and leaves g alone. Matches ``torch.optim.Adam`` / ``AdamW``.
     """
 
     decoupled = False

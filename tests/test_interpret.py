@@ -80,7 +80,8 @@ def test_logit_lens_intermediate_layer_equals_hooked_residual_decoded():
 
 
 def test_probe_layers_finds_a_linear_signal():
-    """Kills: a majority baseline from the wrong split or labels (the old check was 0 < majority <= 1)."""
+    """Kills: a majority baseline from the wrong split or
+    labels (the old check was 0 < majority <= 1)."""
     m = _model()
     idx = torch.randint(0, 11, (8, 16))
     feats = residual_features(m, idx)

@@ -68,7 +68,8 @@ def reference_dequantized(w, bits, group_size=None, scheme="absmax"):
 
 
 def reference_quantized_model(model, bits, group_size=None, scheme="absmax", skip=("lm_head",)):
-    """A float copy of ``model`` whose Linear weights (except ``skip``) are the reference dequantized
+    """A float copy of ``model`` whose Linear weights
+    (except ``skip``) are the reference dequantized
     ones: running it is a plain matmul per layer, the computation a QuantLinear must reproduce."""
     import copy
 
@@ -243,8 +244,8 @@ def test_quantlinear_close_to_fp32(bits, group_size, rtol, scheme):
 @pytest.mark.parametrize("scheme", ["absmax", "zeropoint"])
 @pytest.mark.parametrize("bits,group_size", [(8, None), (8, 16), (4, None), (4, 16), (4, 8)])
 def test_quantlinear_equals_independent_dequantized_matmul(bits, group_size, scheme):
-    """Kills: int4 (or any) weights stored as zeros; group_size ignored (per-channel scales); a wrong
-    sign extension or nibble order on unpacking; the zero point or bias dropped in forward.
+    """Kills: int4 (or any) weights stored as zeros; group_size ignored (per-channel scales); a
+    wrong sign extension or nibble order on unpacking; the zero point or bias dropped in forward.
 
     The tolerance is float rounding (the same products summed in another order), not a
     quantization-error budget: the quantized layer must *be* x @ w_hat.T + b."""
@@ -331,7 +332,8 @@ def test_quantize_model_errors_and_options():
 
 @pytest.mark.parametrize("bits,group_size", [(8, None), (4, 16)])
 def test_quantized_gpt_still_generates(bits, group_size):
-    """Kills: every int4 weight of quantize_model set to zero (the old `< 0.5` logits budget let it pass)."""
+    """Kills: every int4 weight of quantize_model set to
+    zero (the old `< 0.5` logits budget let it pass)."""
     m = tiny_gpt()
     mq = quantize_model(m, bits, group_size)
     idx = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0))
@@ -410,7 +412,8 @@ def test_quantized_engine_restores_and_rejects_unknown():
 
 
 def test_torchao_int8_weight_only_or_fallback():
-    """Kills: a quantization path that leaves weights zeroed or unscaled (the old `< 0.05` budget was
+    """Kills: a quantization path that leaves weights
+    zeroed or unscaled (the old `< 0.05` budget was
     loose); the bound is relative to the method's own error on the same model."""
     m = tiny_gpt()
     idx = torch.randint(0, 64, (1, 6), generator=torch.Generator().manual_seed(1))
@@ -427,7 +430,8 @@ def test_torchao_int8_weight_only_or_fallback():
 
 
 def test_torchao_int4_path_is_labelled():
-    """Kills: int4 weights zeroed on the torchao or fallback path (0.12 off; the old budget was 0.5)."""
+    """Kills: int4 weights zeroed on the torchao or
+    fallback path (0.12 off; the old budget was 0.5)."""
     import warnings
 
     m = tiny_gpt()

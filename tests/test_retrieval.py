@@ -1,4 +1,5 @@
-"""lmkit.apps.retrieval: passage splitting, cosine top-k, TF-IDF baseline, hit rate@k, MRR, data files."""
+"""lmkit.apps.retrieval: passage splitting, cosine
+top-k, TF-IDF baseline, hit rate@k, MRR, data files."""
 
 from pathlib import Path
 
