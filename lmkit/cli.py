@@ -1,4 +1,4 @@
-"""Command line: ``python -m lmkit {train,generate,eval,env,bench,serve} --help``.
+"""Command line: ``python -m lmkit {train,generate,eval,env,bench,serve,export} --help``.
 
 ``train`` has one flag per field of :class:`~lmkit.models.GPTConfig` and
 :class:`~lmkit.train.TrainConfig`, named after the field (``--warmup-steps`` sets ``warmup_steps``),
@@ -413,6 +413,15 @@ def cmd_serve(args):
     run_server(args)
 
 
+def cmd_export(args):
+    from lmkit.assets import checkpoint_path
+    from lmkit.pretrained import export_hf
+
+    source = args.checkpoint if args.checkpoint else checkpoint_path(args.pretrained)
+    out = export_hf(source, args.out, overwrite=args.force)
+    print(json.dumps({"out": str(out), "files": sorted(p.name for p in Path(out).iterdir())}))
+
+
 def build_parser(classes=None) -> argparse.ArgumentParser:
     """The ``python -m lmkit`` parser; ``classes`` (default :func:`config_classes`) are the
     dataclasses whose fields become ``train``'s flags (tests pass others)."""
@@ -505,6 +514,26 @@ def build_parser(classes=None) -> argparse.ArgumentParser:
     except ImportError:
         pass
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to the Hugging Face format",
+        description="Write a checkpoint as a Hugging Face save_pretrained directory (config.json, "
+        "model.safetensors, generation_config.json, tokenizer files) that transformers, vLLM "
+        "and TGI load.",
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--checkpoint", help="directory written by `lmkit train --out DIR`")
+    g.add_argument(
+        "--pretrained",
+        default="char-gpt",
+        help="shipped checkpoint: char-gpt or bpe-gpt (default char-gpt)",
+    )
+    p.add_argument("--out", required=True, help="output directory: new or empty")
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier export in --out (nothing else)"
+    )
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -33,6 +33,11 @@ CASES = [
         ["--checkpoint", str(checkpoint_path("char-gpt")), "--max-new-tokens", "0"],
         "ServerLimits.max_new_tokens must be a positive integer",
     ),
+    (
+        "export",
+        ["--checkpoint", "{tmp}/missing", "--out", "{tmp}/hf"],
+        "{tmp}/missing holds no model.safetensors",
+    ),
 ]
 
 
