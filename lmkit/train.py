@@ -192,14 +192,9 @@ def load_train_state(path, model, opt) -> tuple[int, dict]:
     return int(meta["step"]), meta["history"]
 
 
-def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: TrainConfig) -> dict:
-    """Train ``model`` on next-token prediction over ``train_ids`` (N,); returns the metrics
-    history.
-
-    History keys: ``step``, ``train_loss``, ``lr`` (every step), ``eval_step``, ``val_loss``,
-    ``tokens_per_s``, ``elapsed_s``. With ``out_dir`` set, ``ckpt.safetensors`` and
-    ``history.json`` are written there (and training resumes from them when ``resume``).
-    """
+def _setup_process(cfg: TrainConfig):
+    """(rank, world_size, device): under torchrun, join the process group and take this
+    process's GPU; otherwise (0, 1, cfg.device)."""
     rank, world, local_rank = _ddp_info()
     device = cfg.device
     if world > 1:
@@ -209,6 +204,67 @@ def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: Tra
         if str(device).startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def _wrap(model, cfg: TrainConfig, world: int, device):
+    """The module the steps call: ``model``, compiled when asked, wrapped in DDP under torchrun.
+    The optimizer, evaluation and checkpoints keep using ``model`` itself (same parameters)."""
+    train_model = torch.compile(model) if cfg.compile else model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        local_rank = _ddp_info()[2]
+        cuda = str(device).startswith("cuda")
+        train_model = DDP(train_model, device_ids=[local_rank] if cuda else None)
+    return train_model
+
+
+def _training_step(train_model, model, opt, scaler, train_ids, cfg, step, rank, world, device):
+    """One optimizer step over ``grad_accum`` micro-batches; returns the step's training loss.
+
+    Each micro-batch is drawn from its own generator seeded by (seed, rank, step, micro), so a
+    resumed run draws exactly the batches the uninterrupted run would have drawn. Under DDP the
+    gradients are all-reduced only on the last micro-batch (``no_sync`` before it).
+    """
+    loss_sum = 0.0
+    for micro in range(cfg.grad_accum):
+        gen = torch.Generator().manual_seed(
+            cfg.seed * 1_000_003 + rank * 10_007 + step * cfg.grad_accum + micro
+        )
+        x, y = random_batch(train_ids, model.config.block_size, cfg.batch_size, gen)
+        x, y = x.to(device), y.to(device)
+        sync = contextlib.nullcontext()
+        if world > 1 and micro < cfg.grad_accum - 1:
+            sync = train_model.no_sync()
+        with sync, autocast_context(device, cfg.dtype):
+            _, loss = train_model(x, y)
+            loss = loss / cfg.grad_accum
+        scaler.scale(loss).backward()
+        loss_sum += loss.item()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return loss_sum
+
+
+def _due(interval: int, step: int, last: bool) -> bool:
+    return bool(interval and step % interval == 0) or last
+
+
+def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: TrainConfig) -> dict:
+    """Train ``model`` on next-token prediction over ``train_ids`` (N,); returns the metrics
+    history. Explained in chapter 10.
+
+    History keys: ``step``, ``train_loss``, ``lr`` (every step), ``eval_step``, ``val_loss``,
+    ``tokens_per_s``, ``elapsed_s``. With ``out_dir`` set, ``ckpt.safetensors`` and
+    ``history.json`` are written there (and training resumes from them when ``resume``).
+    """
+    rank, world, device = _setup_process(cfg)
+    is_main = rank == 0
     model.to(device)
     block_size = model.config.block_size
     opt = make_optimizer(model, cfg)
@@ -225,17 +281,8 @@ def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: Tra
     ckpt = Path(cfg.out_dir) / "ckpt.safetensors" if cfg.out_dir else None
     if ckpt is not None and cfg.resume and ckpt.exists():
         step, history = load_train_state(ckpt, model, opt)
-    train_model = model
-    if cfg.compile:
-        train_model = torch.compile(model)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(
-            train_model, device_ids=[local_rank] if str(device).startswith("cuda") else None
-        )
+    train_model = _wrap(model, cfg, world, device)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.dtype == "float16")
-    is_main = rank == 0
     bar = None
     if cfg.progress and is_main:
         from tqdm.auto import tqdm
@@ -248,52 +295,26 @@ def train(model, train_ids: torch.Tensor, val_ids: torch.Tensor | None, cfg: Tra
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            gen = torch.Generator().manual_seed(
-                cfg.seed * 1_000_003 + rank * 10_007 + step * cfg.grad_accum + micro
-            )
-            x, y = random_batch(train_ids, block_size, cfg.batch_size, gen)
-            x, y = x.to(device), y.to(device)
-            sync = contextlib.nullcontext()
-            if world > 1 and micro < cfg.grad_accum - 1:
-                sync = train_model.no_sync()
-            with sync, autocast_context(device, cfg.dtype):
-                _, loss = train_model(x, y)
-                loss = loss / cfg.grad_accum
-            scaler.scale(loss).backward()
-            loss_sum += loss.item()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+        loss = _training_step(
+            train_model, model, opt, scaler, train_ids, cfg, step, rank, world, device
+        )
         busy += time.perf_counter() - t0
         tokens += cfg.batch_size * cfg.grad_accum * block_size * world
         step += 1
         history["step"].append(step)
-        history["train_loss"].append(loss_sum)
+        history["train_loss"].append(loss)
         history["lr"].append(lr)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
         last = step == cfg.max_steps
-        if (
-            val_ids is not None
-            and is_main
-            and ((cfg.eval_interval and step % cfg.eval_interval == 0) or last)
-        ):
+        if val_ids is not None and is_main and _due(cfg.eval_interval, step, last):
             val = evaluate_loss(
                 model, val_ids, block_size, cfg.batch_size, cfg.eval_batches, device, cfg.dtype
             )
             history["eval_step"].append(step)
             history["val_loss"].append(val)
-        if (
-            ckpt is not None
-            and is_main
-            and ((cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or last)
-        ):
+        if ckpt is not None and is_main and _due(cfg.ckpt_interval, step, last):
             history["tokens_per_s"] = tokens / busy if busy else None
             save_train_state(ckpt, model, opt, step, history, cfg)
             atomic_write_json(Path(cfg.out_dir) / "history.json", history)
