@@ -35,7 +35,9 @@ def main() -> int:
     args = parser.parse_args()
 
     subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_static.py")], check=True)
-    cmd = [
+    cmd = [  # jupyter-book, with nbclient's lost-wake-up fix installed (scripts/nbclient_fix.py)
+        sys.executable,
+        str(ROOT / "scripts" / "nbclient_fix.py"),
         str(Path(sys.executable).with_name("jupyter-book")),
         "build",
         str(ROOT),

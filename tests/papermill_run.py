@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from nbclient import NotebookClient
 
@@ -63,7 +64,12 @@ async def _handle_timeout_diagnosed(self, timeout, cell=None):
 
 
 def install() -> None:
-    """Patch nbclient in this process (only the papermill subprocess calls this)."""
+    """Patch nbclient in this process (only the papermill subprocess calls this): the lost
+    wake-up fix of scripts/nbclient_fix.py, then the diagnosis above for any stall left."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from nbclient_fix import install as install_nbclient_fix
+
+    install_nbclient_fix()
     NotebookClient._async_poll_output_msg = _poll_output_traced
     NotebookClient._async_poll_for_reply = _poll_reply_maybe_dropped
     NotebookClient._async_handle_timeout = _handle_timeout_diagnosed
