@@ -299,7 +299,8 @@ def export_hf(checkpoint_dir, out_dir, overwrite: bool = False) -> Path:
     ``lmkit.assets.checkpoint_path("char-gpt")``). ``out_dir`` receives
     :data:`HF_EXPORT_FILES`: the GPT-2 ``config.json``, the weights as ``model.safetensors``,
     ``generation_config.json`` and the tokenizer (``tokenizer.json``, ``tokenizer_config.json``);
-    that is all transformers 5 writes (other versions may add ``special_tokens_map.json``).
+    the same files with every transformers version (4.x's ``special_tokens_map.json`` is dropped:
+    ``tokenizer_config.json`` holds the same special tokens).
     ``transformers.AutoModelForCausalLM``, ``AutoTokenizer`` and ``pipeline("text-generation")``
     load it offline, and greedy decoding gives the tokens of ``lmkit.generate.generate`` with
     ``temperature=0`` while prompt and continuation fit the context window (beyond it lmkit
@@ -348,6 +349,9 @@ def export_hf(checkpoint_dir, out_dir, overwrite: bool = False) -> Path:
         hf.save_pretrained(tmp)
         hf_tok.save_pretrained(tmp)
         _name_tokenizer_class(tmp / "tokenizer_config.json")
+        # transformers 4 also writes special_tokens_map.json; tokenizer_config.json holds the
+        # same special tokens, so every version exports the same files
+        (tmp / "special_tokens_map.json").unlink(missing_ok=True)
         written = sorted(p.name for p in tmp.iterdir())
         if set(HF_EXPORT_FILES) - set(written):
             raise RuntimeError(f"export wrote {written}, expected {sorted(HF_EXPORT_FILES)}")

@@ -9,7 +9,11 @@
 #    by papermill, which writes run time and peak memory to the status page (book/status.md);
 # 3. pytest + nbval: every notebook re-executed, the outputs of `# NBVAL_CHECK_OUTPUT` cells
 #    compared with the committed ones;
-# 4. pytest: the book build (after 2, so it shows the fresh status page; execution off, since
+# 4. scripts/colab_check.sh: lmkit installed non-editable from a clone of HEAD into a fresh
+#    environment with a transformers 4.x (which it must keep), chapters run from a copy of book/;
+#    scripts/check_oldest.sh: the unit tests with the oldest transformers, tokenizers and NumPy
+#    that pyproject.toml allows;
+# 5. pytest: the book build (after 2, so it shows the fresh status page; execution off, since
 #    2 and 3 executed every notebook), a failing cell failing a build, and every page opened
 #    offline in headless Chromium.
 # All runs happen even if one fails; the exit status is non-zero if any failed, and the output
@@ -52,6 +56,17 @@ run() {  # run NAME PYTEST-ARGS...: one pytest invocation, logged; remembers its
   names+=("$name") codes+=("$rc") summaries+=("${summary:-(no pytest summary; exit $rc)}")
 }
 
+run_cmd() {  # run_cmd NAME COMMAND...: a non-pytest stage, logged; its last line is the summary
+  local name=$1; shift
+  echo
+  echo "=== [$name] $(date -u +%H:%M:%S) $*"
+  local t=$(date +%s)
+  "$@" 2>&1 | tee "$LOGS/${name%% *}.log"
+  local rc=${PIPESTATUS[0]}
+  seconds+=("$(( $(date +%s) - t ))")
+  names+=("$name") codes+=("$rc") summaries+=("$(tail -n 1 "$LOGS/${name%% *}.log")")
+}
+
 xdist=()
 [ "$JOBS" -gt 1 ] && xdist=(-n "$JOBS")
 
@@ -61,6 +76,10 @@ if [ "${#NOTEBOOKS[@]}" -gt 0 ]; then  # (no paths would make pytest collect tes
   run "notebook outputs (nbval)" "${xdist[@]}" --dist loadfile -p tests.nbval_plugin \
       --nbval-lax --nbval-current-env --nbval-cell-timeout=600 "${NOTEBOOKS[@]}" "$@"
 fi
+# lmkit as a Colab user installs it (non-editable, next to a transformers 4.x), chapters run
+# from a copy of book/; and the unit tests with the oldest releases pyproject.toml allows.
+run_cmd "colab-like install and chapters" bash scripts/colab_check.sh
+run_cmd "oldest-versions unit tests" bash scripts/check_oldest.sh -q "${xdist[@]}"
 run "book build, browser" tests/test_book_build.py tests/test_browser.py "$@"
 
 echo
