@@ -393,7 +393,11 @@ def cmd_bench(args):
         )
     if args.out and not Path(args.out).parent.is_dir():
         raise FileNotFoundError(f"--out {args.out}: directory {Path(args.out).parent} not found")
-    if args.quant:
+    if args.serve:
+        from lmkit.serve.bench import run_serve_bench
+
+        result = run_serve_bench()
+    elif args.quant:
         from lmkit.quant.bench import run_quant_bench
 
         result = run_quant_bench()
@@ -497,6 +501,11 @@ def build_parser(classes=None) -> argparse.ArgumentParser:
         "bench", help="benchmarks against transformers (JSON)", description="Benchmarks, JSON out."
     )
     p.add_argument("--quant", action="store_true", help="quantization benchmark instead")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="load test of `lmkit serve` instead: 1-64 streaming clients, batching on and off",
+    )
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--out", default=None, help="also write the JSON here")

@@ -1,4 +1,7 @@
-"""The HTTP server (lmkit.serve, chapter 13), tested over real HTTP on localhost.
+"""The HTTP server (lmkit.serve, chapter 13), tested over real HTTP on localhost: the transport
+gate, the limits, the time limit and the queue, through the book's first API (``POST /generate``).
+The OpenAI API is tested in tests/test_serve_openai.py, the batching engine in
+tests/test_serve_engine.py, the chat page in tests/test_chat_page.py.
 
 Every test makes its own tiny checkpoint (random GPT + CharTokenizer, saved with save_model), so no
 shipped checkpoint is needed. Servers run with uvicorn in a background thread on a port the server
@@ -30,12 +33,13 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 import torch  # noqa: E402
 
-import lmkit.serve as serve_module  # noqa: E402
+import lmkit.serve.engine as engine_module  # noqa: E402
 from lmkit.checkpoint import load_model, save_model  # noqa: E402
 from lmkit.data import CharTokenizer  # noqa: E402
 from lmkit.generate import generate  # noqa: E402
 from lmkit.models import GPT, GPTConfig  # noqa: E402
 from lmkit.serve import (  # noqa: E402
+    MIN_TEMPERATURE,
     BackgroundServer,
     GenerationTimeout,
     ServerLimits,
@@ -160,7 +164,7 @@ GREEDY_CASES = {  # (prompt, new tokens); block_size is 32
     "short": ("hello world", 12),
     "past_the_window": ("hello world", 40),  # the window restarts at 32 tokens
     "window_restarts_twice": ("abc", 64),
-    "prompt_fills_the_window": (block_prompt(32), 10),  # starts from the last 16 tokens
+    "prompt_nearly_fills_the_window": (block_prompt(31), 10),  # restarts after one token
     "one_char": ("q", 5),
 }
 
@@ -243,7 +247,8 @@ def test_health(client, reference):
     assert h["model"]["block_size"] == 32 and h["model"]["n_layer"] == 1
     assert h["parameters"] == reference[0].num_params()
     assert h["tokenizer"] == {"kind": "char", "vocab_size": len(CHARS)}
-    assert h["limits"]["max_new_tokens"] == 64 and h["limits"]["max_prompt_tokens"] == 32
+    assert h["limits"]["max_new_tokens"] == 64 and h["limits"]["max_prompt_tokens"] == 31
+    assert h["limits"]["max_batch"] == 64 and h["queue"] == 0 and h["running"] == 0
 
 
 def test_openapi_schema(client):
@@ -251,7 +256,7 @@ def test_openapi_schema(client):
     assert r.status_code == 200
     spec = r.json()
     assert spec["openapi"].startswith("3.")
-    assert set(spec["paths"]) >= {"/generate", "/health"}
+    assert set(spec["paths"]) >= {"/generate", "/health", "/v1/completions", "/v1/models"}
     op = spec["paths"]["/generate"]["post"]
     ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
     req = spec["components"]["schemas"][ref]
@@ -343,7 +348,7 @@ BAD_JSON = {
         {"prompt": "Héllo wörld 🙂"},
         ["outside the vocabulary", "'H'", "'é'", "'ö'", "'🙂'"],
     ),
-    "prompt_too_many_tokens": ({"prompt": "ab " * 12}, ["36 tokens", "limit is 32"]),
+    "prompt_too_many_tokens": ({"prompt": "ab " * 12}, ["36 tokens", "limit is 31"]),
 }
 
 
@@ -452,18 +457,33 @@ def test_server_keeps_serving_after_bad_input(client, reference):
 
 
 def test_prompt_tokens_limit_is_inclusive(client, reference):
-    """A prompt of exactly max_prompt_tokens (default:
-    block_size = 32) tokens is served; 33 get 422.
+    """A prompt of exactly max_prompt_tokens (default: block_size - 1 = 31, so that the whole
+    prompt and the first new token fit the window) is served; 32 tokens get 422.
 
-    Kills: ``len(ids) >= max_prompt_tokens`` (for ``>``) and ``> max_prompt_tokens + 1``.
+    Kills: ``len(ids) >= max_prompt_tokens`` (for ``>``), ``> max_prompt_tokens + 1``, and a
+    default of ``block_size`` (a prompt of 32 tokens would be cut to its last 16, silently).
     """
-    at, over = block_prompt(32), block_prompt(33)
+    at, over = block_prompt(31), block_prompt(32)
     r = client.post("/generate", json={"prompt": at, "max_new_tokens": 4, "temperature": 0})
     assert r.status_code == 200, r.text
-    assert r.json()["prompt_tokens"] == 32 and r.json()["text"] == greedy_text(reference, at, 4)
+    assert r.json()["prompt_tokens"] == 31 and r.json()["text"] == greedy_text(reference, at, 4)
     r = client.post("/generate", json={"prompt": over, "max_new_tokens": 4})
     assert r.status_code == 422, r.text
-    assert r.json()["detail"] == "prompt is 33 tokens long; the limit is 32 tokens"
+    assert r.json()["detail"] == "prompt is 32 tokens long; the limit is 31 tokens"
+    assert r.json()["error"] == {
+        "message": r.json()["detail"],
+        "type": "invalid_request_error",
+        "param": "prompt",
+        "code": 422,
+    }
+
+
+def test_max_prompt_tokens_must_leave_room_in_the_window(reference):
+    """``max_prompt_tokens=block_size`` would let a prompt in that generate() then cuts in half:
+    refused when the app is built, with the largest value that fits."""
+    create_app(reference, ServerLimits(max_prompt_tokens=31))
+    with pytest.raises(ValueError, match="use at most 31"):
+        create_app(reference, ServerLimits(max_prompt_tokens=32))
 
 
 def test_explicit_max_prompt_tokens(reference):
@@ -570,7 +590,7 @@ def test_body_limit_streamed_is_inclusive(client):
     assert r.json()["detail"] == "request body is larger than the limit of 8192 bytes"
 
 
-NEXT_BELOW_MIN_TEMPERATURE = math.nextafter(serve_module.MIN_TEMPERATURE, 0)
+NEXT_BELOW_MIN_TEMPERATURE = math.nextafter(MIN_TEMPERATURE, 0)
 FIELD_BOUNDARIES = {  # field: (accepted at the boundary, refused just past it, words of the 422)
     "prompt_min_length": ({"prompt": "a"}, {"prompt": ""}, "at least 1 character"),
     "max_new_tokens_min": (
@@ -629,7 +649,7 @@ def test_field_limits_are_inclusive(client, name):
 
 
 @pytest.mark.parametrize(
-    "name", ["max_prompt_chars", "max_new_tokens", "max_body_bytes", "max_queue"]
+    "name", ["max_prompt_chars", "max_new_tokens", "max_body_bytes", "max_queue", "max_batch"]
 )
 def test_server_limits_accept_one_refuse_zero(name):
     """ServerLimits: 1 is the smallest legal value of every integer limit, 0 is refused.
@@ -652,7 +672,7 @@ def test_server_limits_accept_one_refuse_zero(name):
 
 
 class ModelClock:
-    """A fake ``time`` for lmkit.serve whose ``monotonic()`` moves only when the model runs:
+    """A fake ``time`` for lmkit.serve.engine whose ``monotonic()`` moves only when the model runs:
     ``step`` seconds per model call (a forward pre-hook on ``lm_head``, which every prefill and
     every cached decode step calls once)."""
 
@@ -676,10 +696,8 @@ def clocked(checkpoint, monkeypatch):
     """A server with timeout_s=10 whose clock advances 2.5 s per model call (exact in binary)."""
     model, tok, _ = load_model(checkpoint)
     with serving(create_app((model, tok), ServerLimits(max_new_tokens=20, timeout_s=10.0))) as c:
-        clock = ModelClock(model, 2.5)
-        monkeypatch.setattr(
-            serve_module, "time", clock.time
-        )  # lmkit.serve only, after the server started
+        clock = ModelClock(model, 2.5)  # the engine sees the new hook at its next step
+        monkeypatch.setattr(engine_module, "time", clock.time)  # the engine's clock only
         try:
             yield c, clock
         finally:
@@ -714,7 +732,7 @@ def test_deadline_check_boundary(monkeypatch):
     Kills: ``time.monotonic() >= deadline``.
     """
     now = [100.0]
-    monkeypatch.setattr(serve_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(engine_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     check = deadline_check(100.0)
     check(3)  # at the deadline: still in time
     now[0] = math.nextafter(100.0, math.inf)
@@ -797,7 +815,7 @@ def test_queue_limit_is_inclusive(checkpoint, reference):
 def test_deadline_model_stops_generate(reference, monkeypatch):
     """A passed deadline stops generate() before its first model call; one never passed changes
     nothing (the clock is fixed at 0, so neither depends on this machine's speed)."""
-    monkeypatch.setattr(serve_module, "time", types.SimpleNamespace(monotonic=lambda: 0.0))
+    monkeypatch.setattr(engine_module, "time", types.SimpleNamespace(monotonic=lambda: 0.0))
     model, tok = reference
     with pytest.raises(GenerationTimeout) as e:
         generate(model, torch.tensor([tok.encode("ab")]), 10, before_step=deadline_check(-1.0))
@@ -1013,6 +1031,11 @@ def test_cli_serves_in_a_subprocess(checkpoint, reference):
         assert r.status_code == 200 and r.json()["text"] == expected(
             reference, "cli", 10, seed=11
         ), r.text
+        body = {"model": "tiny", "prompt": "cli", "max_tokens": 10, "seed": 11}
+        r = httpx.post(base + "/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert "cli" + r.json()["choices"][0]["text"] == expected(reference, "cli", 10, seed=11)
+        assert httpx.get(base + "/metrics", timeout=30).text.count("lmkit_http_requests_total{")
     finally:
         proc.terminate()
         try:
