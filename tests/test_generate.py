@@ -84,6 +84,31 @@ def test_long_prompt_truncated_or_rejected(model):
         generate(model, long, 5, truncate=False)
 
 
+def window_reference(model, prompt: list[int], n: int) -> list[int]:
+    """The documented window policy, written out independently: condition on at most
+    block_size tokens; when the sequence fills the window, restart it from the last
+    block_size // 2 tokens; a prompt that does not fit starts from its last block_size // 2."""
+    window = model.config.block_size
+    seq = list(prompt)
+    start = len(seq) - window // 2 if len(seq) >= window else 0
+    for _ in range(n):
+        if len(seq) - start >= window:
+            start = len(seq) - window // 2
+        logits = model(torch.tensor([seq[start:]]))[0][0, -1]
+        seq.append(int(logits.argmax()))
+    return seq
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("prompt_len", [3, 31, 32, 50])
+def test_window_restarts_from_the_last_half(model, use_cache, prompt_len):
+    """Past the window (block_size 32) both paths follow the policy token for token: a restart
+    from one token more or less, or a window one token too long, changes the greedy tokens."""
+    prompt = torch.randint(0, 40, (1, prompt_len), generator=torch.Generator().manual_seed(1))
+    out = generate(model, prompt, 45, temperature=0, use_cache=use_cache)
+    assert out[0].tolist() == window_reference(model, prompt[0].tolist(), 45)
+
+
 def test_bad_arguments(model):
     with pytest.raises(ValueError, match="temperature"):
         generate(model, torch.zeros(1, 1, dtype=torch.long), 2, temperature=-1)
