@@ -135,7 +135,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--max-prompt-chars", type=int, default=d.max_prompt_chars, help="default %(default)s"
     )
     parser.add_argument(
-        "--max-prompt-tokens", type=int, default=None, help="default: the model's block_size"
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="default: the model's block_size - 1 (one slot left for a new token)",
     )
     parser.add_argument(
         "--max-new-tokens", type=int, default=d.max_new_tokens, help="default %(default)s"
