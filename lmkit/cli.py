@@ -41,8 +41,10 @@ def presets() -> dict[str, tuple[dict, TrainConfig]]:
     """The presets of ``lmkit train --preset NAME``: name -> (GPTConfig keywords, TrainConfig).
 
     The GPTConfig keywords leave out ``vocab_size`` (the tokenizer's); a field a preset does not
-    name has the dataclass's default. ``device="auto"`` is resolved by :func:`configs_from_args`
-    (:func:`lmkit.env.pick_device`: cuda, then mps, then cpu). ``min_lr`` is written as
+    name has the dataclass's default. ``device="auto"``, ``dtype="auto"`` and ``compile=None`` are
+    resolved by :func:`configs_from_args` with :func:`lmkit.env.current_policy` (cuda, then mps,
+    then cpu; bf16 from compute capability 8.0, fp16 with a scaler before it, fp32 on a CPU or
+    MPS; torch.compile on CUDA where Triton works). ``min_lr`` is written as
     ``lr / 10`` in numbers: the float the shipped checkpoints were trained with (``3e-3 / 10`` is
     0.00030000000000000003, one rounding step from ``3e-4``). Built on first use: TrainConfig's
     module imports torch.
@@ -78,7 +80,8 @@ def presets() -> dict[str, tuple[dict, TrainConfig]]:
                 ckpt_interval=250,
             ),
         ),
-        # gpu: GPT-2 small (124M) shape, bf16 and torch.compile
+        # gpu: GPT-2 small (124M) shape; the device policy's precision and torch.compile (bf16
+        # and compiled on an A100 or H100, fp16 with a gradient scaler and compiled on a T4)
         "gpu": (
             dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
             TrainConfig(
@@ -87,8 +90,8 @@ def presets() -> dict[str, tuple[dict, TrainConfig]]:
                 lr=6e-4,
                 min_lr=6e-4 / 10,
                 warmup_steps=200,
-                dtype="bfloat16",
-                compile=True,
+                dtype="auto",
+                compile=None,
                 device="auto",
                 eval_interval=250,
                 ckpt_interval=250,
@@ -203,17 +206,23 @@ def configs_from_args(args) -> tuple[dict, TrainConfig]:
     """(GPTConfig keywords without vocab_size, TrainConfig) named by parsed ``train`` flags.
 
     The ``--preset``'s two configs with every given flag replacing its field; ``out_dir`` is
-    ``--out`` and a ``device`` of ``"auto"`` becomes :func:`lmkit.env.pick_device`'s choice. The
-    model keywords are checked here (with a stand-in vocab_size), before a tokenizer is built.
+    ``--out``, and ``device``, ``dtype`` and ``compile`` are what :func:`lmkit.env.current_policy`
+    makes of them on this machine (``"auto"`` device and dtype, ``compile=None``: its choice; a
+    refused request is printed on stderr), so that info.json records what really ran. The model
+    keywords are checked here (with a stand-in vocab_size), before a tokenizer is built.
     """
-    from lmkit.env import pick_device
+    from lmkit.env import current_policy
 
     GPTConfig, TrainConfig = config_classes()
     model_preset, train_preset = presets()[args.preset]
     model = {**model_preset, **_flags_set(args, GPTConfig)}
     GPTConfig(vocab_size=1, **model)  # raises ValueError on a bad shape, e.g. n_embd % n_head
     overrides = _flags_set(args, TrainConfig)
-    overrides["device"] = pick_device(overrides.get("device", train_preset.device))
+    wanted = {k: overrides.get(k, getattr(train_preset, k)) for k in ("device", "dtype", "compile")}
+    policy = current_policy(wanted["device"], dtype=wanted["dtype"], compile=wanted["compile"])
+    for note in policy.notes:
+        print(f"lmkit train: {note}", file=sys.stderr)
+    overrides.update(device=policy.device, dtype=policy.dtype, compile=policy.compile)
     return model, dataclasses.replace(train_preset, out_dir=str(args.out), **overrides)
 
 
@@ -285,13 +294,9 @@ def _train_record(args, model, tok, val_ids, tcfg, history, t0: float) -> dict:
         "train_config": {k: v for k, v in vars(tcfg).items() if k not in ("out_dir", "progress")},
     }
     if tcfg.device.startswith("cuda"):
-        from lmkit.train import gpu_peak_flops, mfu
-
-        name = torch.cuda.get_device_name()
-        peak = gpu_peak_flops(name)
-        info["gpu"] = name
-        if peak and info["tokens_per_s"]:
-            info["mfu"] = round(mfu(info["tokens_per_s"], model.flops_per_token(), peak), 4)
+        info["gpu"] = torch.cuda.get_device_name()
+        if history.get("mfu") is not None:  # the trainer's: after warm-up, per GPU
+            info["mfu"] = round(history["mfu"], 4)
     return info
 
 
@@ -451,8 +456,8 @@ def build_parser(classes=None) -> argparse.ArgumentParser:
         "--preset",
         default="cpu",
         choices=list(presets()),
-        help="tiny (seconds on a CPU), cpu (the shipped checkpoints) or gpu (GPT-2 small, bf16, "
-        "compiled); default cpu",
+        help="tiny (seconds on a CPU), cpu (the shipped checkpoints) or gpu (GPT-2 small; bf16 or "
+        "fp16 and compiled, as lmkit.env.current_policy() decides); default cpu",
     )
     p.add_argument("--record-command", default=None, help=argparse.SUPPRESS)
     add_config_flags(p, classes)

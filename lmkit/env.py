@@ -1,6 +1,14 @@
-"""The reader's environment: device choice, seeding, Colab detection and a report.
+"""The reader's environment: device and precision policy, seeding, Colab detection, a report.
 
-Explained in chapter 0 (``book/ch00_environment.ipynb``).
+Explained in chapter 0 (``book/ch00_environment.ipynb``); the precision half of the policy and the
+peak FLOP/s behind MFU in chapter 10.
+
+:func:`device_policy` is the one place that decides, from a device's properties alone, which
+device to use, which autocast dtype (bf16 from compute capability 8.0, fp16 with a gradient scaler
+before it, fp32 on a CPU or Apple's MPS unless asked), whether ``torch.compile`` is used, and the
+peak FLOP/s that MFU divides by. It is a pure function, so the test suite hands it a T4, an A100,
+an H100, an M2 and a CPU without owning any of them; :func:`current_policy` reads this machine's
+properties and calls it.
 
 ``report()`` prints one ``[OK]``/``[FAIL]`` line per check and returns the rows, so that
 ``python -m lmkit env`` and the chapter share one implementation, and a bug report can paste it.
@@ -20,7 +28,21 @@ from dataclasses import dataclass
 
 import lmkit
 
-__all__ = ["Row", "pick_device", "seed_everything", "in_colab", "report", "format_rows"]
+__all__ = [
+    "GPU",
+    "GPU_SPECS",
+    "Policy",
+    "Row",
+    "current_policy",
+    "device_policy",
+    "format_rows",
+    "in_colab",
+    "peak_flops",
+    "pick_device",
+    "report",
+    "seed_everything",
+    "synchronize",
+]
 
 MIN_PYTHON = (3, 10)
 MIN_TORCH = (2, 2)
@@ -82,6 +104,189 @@ def pick_device(prefer: str | None = None) -> str:
     if mps is not None and mps.is_available():
         return "mps"
     return "cpu"
+
+
+@dataclass(frozen=True)
+class GPU:
+    """A row of :data:`GPU_SPECS`: a short label and the dense tensor-core peak (``peak_dtype``)."""
+
+    label: str
+    peak_flops: float
+    peak_dtype: str  # "bfloat16", or "float16" for the GPUs without bf16 tensor cores
+
+
+# Dense (no 2:4 sparsity) tensor-core peaks in FLOP/s from the vendors' data sheets, keyed by the
+# exact name torch.cuda.get_device_name() reports (exact: "NVIDIA L40S" is not an "L4", a PCIe
+# H100 is not an SXM one). bf16, or fp16 for the T4 and the V100, which have no bf16 units.
+GPU_SPECS: dict[str, GPU] = {
+    "NVIDIA H100 80GB HBM3": GPU("H100 SXM", 989e12, "bfloat16"),
+    "NVIDIA H100 PCIe": GPU("H100 PCIe", 756e12, "bfloat16"),
+    "NVIDIA H200": GPU("H200", 989e12, "bfloat16"),
+    "NVIDIA A100-SXM4-40GB": GPU("A100 40GB", 312e12, "bfloat16"),
+    "NVIDIA A100-PCIE-40GB": GPU("A100 40GB", 312e12, "bfloat16"),
+    "NVIDIA A100-SXM4-80GB": GPU("A100 80GB", 312e12, "bfloat16"),
+    "NVIDIA A100 80GB PCIe": GPU("A100 80GB", 312e12, "bfloat16"),
+    "NVIDIA L4": GPU("L4", 121e12, "bfloat16"),
+    "NVIDIA L40S": GPU("L40S", 362e12, "bfloat16"),
+    "Tesla T4": GPU("T4", 65e12, "float16"),
+    "Tesla V100-SXM2-16GB": GPU("V100 SXM2", 125e12, "float16"),
+    "Tesla V100-SXM2-32GB": GPU("V100 SXM2", 125e12, "float16"),
+    "Tesla V100-PCIE-16GB": GPU("V100 PCIe", 112e12, "float16"),
+    "Tesla V100-PCIE-32GB": GPU("V100 PCIe", 112e12, "float16"),
+}
+
+DTYPES = ("float32", "bfloat16", "float16")
+KINDS = ("cuda", "mps", "cpu")
+BF16_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores, and Triton compiles bf16 kernels
+TRITON_CAPABILITY = (7, 0)  # the oldest GPUs Triton (torch.compile's GPU backend) supports
+
+
+def peak_flops(name: str) -> float | None:
+    """Dense tensor-core peak FLOP/s of a GPU, by the exact name ``torch.cuda.get_device_name()``
+    reports (or a :data:`GPU_SPECS` label such as ``"H100 PCIe"``); None when it is not in the
+    table. Chapter 10 divides by it for MFU."""
+    spec = GPU_SPECS.get(name.strip())
+    if spec is None:
+        spec = next((g for g in GPU_SPECS.values() if g.label == name.strip()), None)
+    return None if spec is None else spec.peak_flops
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What lmkit does on one device: see :func:`device_policy`. Chapters 0 and 10."""
+
+    device: str  # the torch device string: "cuda", "cuda:1", "mps", "cpu"
+    kind: str  # "cuda", "mps" or "cpu"
+    name: str  # the device's name ("Tesla T4"); "cpu" or "mps" otherwise
+    capability: tuple[int, int] | None  # CUDA compute capability, None elsewhere
+    dtype: str  # autocast dtype for training: "float32", "bfloat16" or "float16"
+    grad_scaler: bool  # True with float16: the loss is scaled so small gradients do not underflow
+    compile: bool  # whether to torch.compile the model
+    peak_flops: float | None  # dense tensor-core peak (GPU_SPECS), None when unknown or no GPU
+    notes: tuple[str, ...] = ()  # why a requested setting was not followed, one sentence each
+
+    def describe(self) -> str:
+        """One line: device, dtype, compile and peak, e.g. for a notebook's log."""
+        where = self.device
+        if self.capability is not None:
+            major, minor = self.capability
+            where += f", {self.name} (compute capability {major}.{minor})"
+        scaler = " with a gradient scaler" if self.grad_scaler else ""
+        peak = f", peak {self.peak_flops / 1e12:.0f} TFLOP/s" if self.peak_flops else ""
+        compiled = "compiled" if self.compile else "not compiled"
+        return f"{where}: {self.dtype}{scaler}, {compiled}{peak}"
+
+
+def device_policy(
+    kind: str,
+    name: str = "",
+    capability: tuple[int, int] | None = None,
+    *,
+    device: str | None = None,
+    dtype: str = "auto",
+    compile: bool | None = None,
+    triton: bool = True,
+) -> Policy:
+    """The policy for a device with these properties; a pure function (nothing is probed).
+
+    ``kind`` is ``"cuda"``, ``"mps"`` or ``"cpu"``; ``name`` and ``capability`` are what
+    ``torch.cuda.get_device_name()`` and ``get_device_capability()`` report; ``triton`` whether
+    the Triton compiler is installed. ``device`` is the device string (default ``kind``).
+
+    - ``dtype="auto"``: bfloat16 on CUDA from capability 8.0 (Ampere: A100, L4, H100), float16
+      with a gradient scaler before it (T4 7.5, V100 7.0), float32 on a CPU or MPS. An explicit
+      dtype is kept (a note says when it is a poor fit).
+    - ``compile=None``: ``torch.compile`` on CUDA where Triton works (installed, capability >= 7.0,
+      and not bf16 below 8.0, which Triton refuses); never by default on a CPU or MPS. ``True``
+      asks for it: still refused on CUDA where Triton cannot compile, with a note.
+    - ``peak_flops`` from :data:`GPU_SPECS` (exact name), for MFU.
+
+    Explained in chapter 0 (device) and chapter 10 (precision, compile, MFU).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {DTYPES}, got {dtype!r}")
+    notes = []
+    cap = tuple(capability) if capability is not None else None
+    if kind == "cuda" and cap is None:
+        raise ValueError("a CUDA device needs its compute capability, e.g. (7, 5) for a T4")
+    bf16_ok = kind == "cuda" and cap >= BF16_CAPABILITY
+    if dtype == "auto":
+        dtype = ("bfloat16" if bf16_ok else "float16") if kind == "cuda" else "float32"
+    elif dtype == "bfloat16" and kind == "cuda" and not bf16_ok:
+        notes.append(
+            f"{name or 'this GPU'} (compute capability {cap[0]}.{cap[1]}) has no bf16 tensor "
+            "cores: bfloat16 runs slowly there; dtype='auto' chooses float16 with a scaler"
+        )
+    elif dtype == "float16" and kind != "cuda":
+        notes.append("float16 training needs CUDA's gradient scaler; use bfloat16 or float32")
+
+    wants = compile
+    if kind == "cuda":
+        why_not = None
+        if not triton:
+            why_not = "Triton is not installed"
+        elif cap < TRITON_CAPABILITY:
+            why_not = f"Triton needs compute capability 7.0, this GPU has {cap[0]}.{cap[1]}"
+        elif dtype == "bfloat16" and not bf16_ok:
+            why_not = f"Triton compiles bf16 only from compute capability 8.0 ({cap[0]}.{cap[1]})"
+        compile = why_not is None and wants is not False
+        if why_not and wants:
+            notes.append(f"torch.compile skipped: {why_not}; the model runs uncompiled")
+    else:
+        compile = bool(wants)  # asked for explicitly on a CPU or MPS: honoured (slow to compile)
+    return Policy(
+        device=device or kind,
+        kind=kind,
+        name=name or kind,
+        capability=cap,
+        dtype=dtype,
+        grad_scaler=dtype == "float16",
+        compile=compile,
+        peak_flops=peak_flops(name) if kind == "cuda" else None,
+        notes=tuple(notes),
+    )
+
+
+def current_policy(
+    prefer: str | None = None, *, dtype: str = "auto", compile: bool | None = None
+) -> Policy:
+    """:func:`device_policy` for this machine: the device from :func:`pick_device` (``prefer``
+    wins: ``"cpu"``, ``"cuda:1"``, ``"mps"``) and its properties read from PyTorch.
+
+    A notebook's parameters cell calls ``lmkit.env.current_policy().device``. Chapters 0 and 10.
+    """
+    import torch
+
+    device = pick_device(prefer)
+    kind = torch.device(device).type
+    if kind not in KINDS:
+        raise ValueError(f"device {device!r}: lmkit knows cuda, mps and cpu devices")
+    name, cap, triton = kind, None, False
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
+        name = torch.cuda.get_device_name(index)
+        cap = tuple(torch.cuda.get_device_capability(index))
+        triton = importlib.util.find_spec("triton") is not None
+    return device_policy(
+        kind, name, cap, device=device, dtype=dtype, compile=compile, triton=triton
+    )
+
+
+def synchronize(device) -> None:
+    """Wait until ``device`` has finished its queued work (CUDA, any index, or MPS; a no-op on a
+    CPU). Call it before reading a clock: GPU kernels run asynchronously. Chapter 0."""
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
 
 
 def seed_everything(seed: int = 0, deterministic: bool = False) -> int:
@@ -185,6 +390,14 @@ def collect() -> list[Row]:
         )
         device = pick_device()
         rows.append(Row(True, "device", device, "chosen by lmkit.env.pick_device()"))
+        try:
+            policy = current_policy(device)
+            compiled = "compiled" if policy.compile else "not compiled"
+            rows.append(
+                Row(True, "precision", policy.dtype, f"{compiled}; lmkit.env.current_policy()")
+            )
+        except Exception as exc:
+            rows.append(Row(False, "precision", "unknown", f"{type(exc).__name__}: {exc}"))
         if torch.cuda.is_available():
             for i in range(torch.cuda.device_count()):
                 props = torch.cuda.get_device_properties(i)

@@ -14,7 +14,7 @@ import torch
 from lmkit.assets import checkpoint_path
 from lmkit.checkpoint import load_tensors
 from lmkit.cli import NO_FLAG_FIELDS, build_parser, configs_from_args, main, presets
-from lmkit.env import pick_device
+from lmkit.env import current_policy, pick_device
 from lmkit.generate import beam_search
 from lmkit.models import GPTConfig
 from lmkit.pretrained import load_pretrained
@@ -169,9 +169,12 @@ def test_a_preset_alone_gives_exactly_its_configs(name):
     model, tcfg = configs_from_args(parse_train("--preset", name))
     preset_model, preset_train = presets()[name]
     assert model == preset_model and "vocab_size" not in model
-    # --out is out_dir; device "auto" is the one value resolved, by pick_device
+    # --out is out_dir; device, dtype and compile are resolved by the device policy, nothing else
     assert preset_train.device == "auto"
-    assert tcfg == dataclasses.replace(preset_train, out_dir="runs/x", device=pick_device("auto"))
+    policy = current_policy("auto", dtype=preset_train.dtype, compile=preset_train.compile)
+    assert policy.device == pick_device("auto")
+    resolved = dict(device=policy.device, dtype=policy.dtype, compile=policy.compile)
+    assert tcfg == dataclasses.replace(preset_train, out_dir="runs/x", **resolved)
 
 
 def test_the_cpu_preset_holds_the_numbers_of_the_shipped_runs():
@@ -220,7 +223,11 @@ def test_a_flag_overrides_its_field_and_nothing_else():
         7,
         False,
     )
-    assert (tcfg.device, tcfg.dtype, tcfg.lr) == ("cpu", "bfloat16", 6e-4)
+    assert (tcfg.device, tcfg.dtype, tcfg.lr) == ("cpu", "float32", 6e-4)  # auto dtype: fp32
+    _, tcfg = configs_from_args(
+        parse_train("--preset", "gpu", "--device", "cpu", "--dtype", "bfloat16")
+    )
+    assert (tcfg.dtype, tcfg.compile) == ("bfloat16", False)  # compile=None: not on a CPU
     assert model == {**presets()["gpu"][0], "n_layer": 6, "pos_emb": "rope"}
 
 

@@ -11,7 +11,7 @@ from lmkit.assets import checkpoint_path
 
 # (subcommand, its arguments ({tmp}: a fresh directory), the first words of the message)
 CASES = [
-    ("train", ["--out", "{tmp}/run", "--dtype", "float8"], "TrainConfig.dtype must be"),
+    ("train", ["--out", "{tmp}/run", "--dtype", "float8"], "dtype must be 'auto' or one of"),
     # --lr below the preset's min_lr: min_lr is no longer lr / 10 behind the reader's back
     ("train", ["--out", "{tmp}/run", "--lr", "1e-4"], "need 0 <= min_lr <= lr"),
     (

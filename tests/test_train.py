@@ -1,5 +1,7 @@
-"""Trainer: schedule, config errors, learning, exact resume after SIGKILL, atomic checkpoints."""
+"""Trainer: schedule, config errors, learning, exact resume after SIGKILL, atomic checkpoints,
+the device policy's choices, tokens/s after warm-up and MFU (chapter 10)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -200,12 +202,101 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert {p.name for p in killed.iterdir() if p.name.endswith(".tmp")} == left_by_kill
 
 
-def test_gpu_peak_flops_lookup_and_mfu():
-    from lmkit.train import gpu_peak_flops, mfu
+def test_mfu():
+    from lmkit.train import mfu
 
-    assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert gpu_peak_flops("NVIDIA H200") == 989e12
-    assert gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
-    assert gpu_peak_flops("Some Future GPU") is None
     assert mfu(1000.0, 6 * 10**9, 989e12) == pytest.approx(6e12 / 989e12)
+
+
+def _tiny_run(**kw):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    ids = torch.randint(20, (2000,), generator=torch.Generator().manual_seed(0))
+    base = dict(max_steps=4, batch_size=4, warmup_steps=1, eval_interval=0, progress=False)
+    return model, train(model, ids, None, TrainConfig(**{**base, **kw}))
+
+
+def test_tokens_per_s_leaves_out_the_first_step(monkeypatch):
+    """The first step compiles (and warms caches): a slow first step must not lower tokens/s."""
+    import lmkit.train as lt
+
+    real, calls = lt._training_step, []
+
+    def slow_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lt, "_training_step", slow_first)
+    _, hist = _tiny_run(max_steps=4)
+    assert hist["first_step_s"] >= 0.5
+    assert hist["elapsed_s"] >= hist["first_step_s"]
+    steady_s = hist["elapsed_s"] - hist["first_step_s"]
+    assert hist["tokens_per_s"] == pytest.approx(3 * 4 * 16 / steady_s, rel=1e-6)
+    assert hist["tokens_per_s"] > 4 * 4 * 16 / hist["elapsed_s"]  # higher than with the warm-up
+    assert hist["mfu"] is None  # a CPU has no peak in lmkit.env.GPU_SPECS
+    assert len(hist["train_loss"]) == 4
+
+
+def test_mfu_is_recorded_with_a_known_peak(monkeypatch):
+    import lmkit.train as lt
+    from lmkit.env import device_policy
+
+    monkeypatch.setattr(
+        lt,
+        "current_policy",
+        lambda *a, **k: dataclasses.replace(device_policy("cpu"), peak_flops=1e12),
+    )
+    model, hist = _tiny_run()
+    assert hist["mfu"] == pytest.approx(hist["tokens_per_s"] * model.flops_per_token() / 1e12)
+
+
+def test_auto_dtype_on_a_cpu_is_float32():
+    _, auto = _tiny_run(dtype="auto")
+    _, fp32 = _tiny_run(dtype="float32")
+    assert auto["train_loss"] == fp32["train_loss"]
+
+
+def test_policy_notes_are_warnings(monkeypatch):
+    import lmkit.train as lt
+    from lmkit.env import device_policy
+
+    noted = dataclasses.replace(device_policy("cpu"), notes=("torch.compile skipped: a reason",))
+    monkeypatch.setattr(lt, "current_policy", lambda *a, **k: noted)
+    with pytest.warns(UserWarning, match="torch.compile skipped: a reason"):
+        _tiny_run(max_steps=1)
+
+
+class _FakeCompileError(Exception):
+    pass
+
+
+_FakeCompileError.__module__ = "torch._dynamo.exc"  # what BackendCompilerFailed looks like
+
+
+def test_a_failing_compile_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken_compile(model, *args, **kwargs):
+        def call(*a, **k):
+            raise _FakeCompileError("Feature '.bf16' requires .target sm_80 or higher")
+
+        return call
+
+    _, eager = _tiny_run()
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="torch.compile failed") as record:
+        _, fallback = _tiny_run(compile=True)
+    assert len([w for w in record if "torch.compile" in str(w.message)]) == 1
+    assert fallback["train_loss"] == eager["train_loss"]
+
+
+def test_an_error_of_the_model_is_not_taken_for_a_compile_failure(monkeypatch):
+    def compile_that_exposes_a_bug(model, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("shape mismatch")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", compile_that_exposes_a_bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _tiny_run(compile=True)

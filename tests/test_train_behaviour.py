@@ -26,9 +26,11 @@ from lmkit.checkpoint import load_model, load_tensors
 from lmkit.models import GPT, GPTConfig
 from lmkit.train import (
     TrainConfig,
+    device_rng_states,
     load_train_state,
     lr_at,
     make_optimizer,
+    restore_device_rng,
     save_train_state,
     train,
 )
@@ -258,6 +260,52 @@ def test_train_state_restores_the_cuda_rng(tmp_path):
     assert torch.equal(torch.rand(8, device="cuda"), expected)
 
 
+class _FakeMpsGenerator:
+    """torch.mps's get/set_rng_state on a machine without MPS: records what is set."""
+
+    def __init__(self, monkeypatch):
+        self.state, self.set_to = torch.arange(8, dtype=torch.uint8), []
+        monkeypatch.setattr(torch.mps, "get_rng_state", lambda *a: self.state.clone())
+        monkeypatch.setattr(torch.mps, "set_rng_state", lambda state, *a: self.set_to.append(state))
+
+
+def test_the_mps_generator_is_saved_and_restored(monkeypatch):
+    """Kills: a checkpoint that keeps the CPU and CUDA generators only (dropout on Apple silicon
+    draws from MPS's generator), and a restore that sets a generator from another device type."""
+    fake = _FakeMpsGenerator(monkeypatch)
+    states = device_rng_states("mps")
+    assert list(states) == ["rng.mps"] and torch.equal(states["rng.mps"], fake.state)
+    assert restore_device_rng(states, "mps") is True
+    assert len(fake.set_to) == 1 and torch.equal(fake.set_to[0], fake.state)
+    # written on a CPU (no device state) or on CUDA: nothing to restore on MPS, and no error
+    assert restore_device_rng({"rng.cpu": torch.get_rng_state()}, "mps") is False
+    assert restore_device_rng({"rng.cuda": torch.zeros(16, dtype=torch.uint8)}, "mps") is False
+    # written on MPS, resumed on a CPU: the MPS state is ignored
+    assert restore_device_rng(states, "cpu") is False
+    assert len(fake.set_to) == 1
+    assert device_rng_states("cpu") == {}
+
+
+def test_a_torch_without_the_mps_generator_functions_is_handled(monkeypatch):
+    """Kills: an AttributeError on a torch build whose ``torch.mps`` lacks the RNG functions."""
+    monkeypatch.delattr(torch.mps, "get_rng_state", raising=False)
+    assert device_rng_states("mps") == {}
+    assert restore_device_rng({"rng.mps": torch.zeros(8, dtype=torch.uint8)}, "mps") is False
+
+
+def test_a_checkpoint_written_on_mps_resumes_on_a_cpu(tmp_path, monkeypatch):
+    model, cfg = _model(), _cfg()
+    path = tmp_path / "s.safetensors"
+    save_train_state(path, model, make_optimizer(model, cfg), 2, {}, cfg)
+    tensors, meta = load_tensors(path)
+    assert "rng.mps" not in tensors and "rng.cuda" not in tensors  # a CPU model: CPU state only
+    tensors["rng.mps"] = torch.zeros(8, dtype=torch.uint8)  # as if written on a Mac
+    lmkit.checkpoint.save_tensors(path, tensors, meta)
+    fake = _FakeMpsGenerator(monkeypatch)
+    assert load_train_state(path, _model(), make_optimizer(_model(), cfg))[0] == 2
+    assert fake.set_to == []
+
+
 # --- 3. gradient clipping ------------------------------------------------------------------------
 
 
@@ -414,6 +462,7 @@ def test_scaler_in_fp32_changes_nothing(monkeypatch):
     _assert_equal_weights(_weights(scaled), _weights(plain))
 
 
+@pytest.mark.filterwarnings("ignore:lmkit.train. float16 training needs CUDA")
 @pytest.mark.parametrize("grad_clip", [1.0, 0.0])
 def test_fp16_overflow_skips_the_step_and_backs_off(monkeypatch, grad_clip):
     """Kills: opt.step() instead of scaler.step(opt) (weights
@@ -434,6 +483,22 @@ def test_fp16_overflow_skips_the_step_and_backs_off(monkeypatch, grad_clip):
     _assert_equal_weights(_weights(model), before)
     assert made[0].get_scale() == 2.0**23  # backoff factor 0.5
     assert len(hist["train_loss"]) == 1 and torch.isfinite(torch.tensor(hist["train_loss"][0]))
+
+
+@pytest.mark.filterwarnings("ignore:lmkit.train. float16 training needs CUDA")
+def test_the_loss_scale_travels_with_the_checkpoint(tmp_path, monkeypatch):
+    """Kills: a checkpoint without the gradient scaler's state (a resumed fp16 run starts again
+    from 2**16 and skips steps the uninterrupted run did not skip)."""
+    cfg = _cfg(out_dir=str(tmp_path))
+    cfg.dtype = "float16"  # as in the test above: the CPU stands in for CUDA's scaler
+    made = _cpu_scaler(monkeypatch, 2.0**24, force_enabled=False)
+    train(_model(), _ids(), None, cfg)
+    _, meta = load_tensors(tmp_path / "ckpt.safetensors")
+    assert meta["grad_scaler"]["scale"] == made[0].get_scale() == 2.0**23
+    resumed = torch.amp.GradScaler("cpu", init_scale=1.0)
+    model = _model()
+    load_train_state(tmp_path / "ckpt.safetensors", model, make_optimizer(model, cfg), resumed)
+    assert resumed.get_scale() == 2.0**23
 
 
 # --- found unchecked by mutmut (scripts/mutate.sh; docs/mutation.md) ------------------------------

@@ -22,13 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmkit.assets import book_dir
+from lmkit.assets import book_data
 from lmkit.data import PAD, UNK, Vocab, tokenize_words
 from lmkit.metrics import accuracy_f1
 from lmkit.optim import optimizer_step
 from lmkit.pretrained import load_encoder
 
-SENTIMENT_CSV = Path("data") / "sentiment" / "reviews.csv"  # relative to the book's folder
+SENTIMENT_CSV = "sentiment/reviews.csv"  # in the book's data folder: book_data(SENTIMENT_CSV)
 
 
 def load_sentiment(path=None) -> dict[str, tuple[list[str], list[str]]]:
@@ -36,12 +36,9 @@ def load_sentiment(path=None) -> dict[str, tuple[list[str], list[str]]]:
 
     Labels are "positive"/"negative"; see book/data/sentiment/README.md for the data card.
     """
-    path = Path(path) if path is not None else book_dir() / SENTIMENT_CSV
+    path = Path(path) if path is not None else book_data(SENTIMENT_CSV)
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing: the sentiment data ship with the book's repository "
-            "(clone it and pip install -e .)"
-        )
+        raise FileNotFoundError(f"{path} is missing (the book's copy: book/data/{SENTIMENT_CSV})")
     out = {"train": ([], []), "val": ([], []), "test": ([], [])}
     with open(path, encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
