@@ -33,8 +33,10 @@ transformers.__version__, '| tokenizers', tokenizers.__version__, '| numpy', num
 '| torch', torch.__version__)"
 echo "check_oldest: environment ready in $(( $(date +%s) - t0 )) s"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
-# The unit tests (no notebooks, book build or browser: those run with the locked versions).
+# The unit tests (no notebooks, book build, browser or GPU-check runs, which need the book tools:
+# those run with the locked versions).
 "$PY" -m pytest -q -p no:cacheprovider tests \
   --ignore=tests/test_notebooks_papermill.py --ignore=tests/test_book_build.py \
   --ignore=tests/test_browser.py --ignore=tests/test_lock.py --ignore=tests/test_style.py \
-  --ignore=tests/test_environment_yml.py --ignore=tests/test_book_conventions.py "$@"
+  --ignore=tests/test_environment_yml.py --ignore=tests/test_book_conventions.py \
+  --ignore=tests/test_gpu_check.py "$@"

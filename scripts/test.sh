@@ -79,7 +79,7 @@ fi
 # lmkit as a Colab user installs it (non-editable, next to a transformers 4.x), chapters run
 # from a copy of book/; and the unit tests with the oldest releases pyproject.toml allows.
 run_cmd "colab-like install and chapters" bash scripts/colab_check.sh
-run_cmd "oldest-versions unit tests" bash scripts/check_oldest.sh -q "${xdist[@]}"
+run_cmd "oldest-versions unit tests" bash scripts/check_oldest.sh "${xdist[@]}"
 run "book build, browser" tests/test_book_build.py tests/test_browser.py "$@"
 
 echo
