@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS, browser_missing_reason
 
 # Without these a Hugging Face hub call takes ~50 s to fail on a machine without internet; with
 # them it fails at once (or uses the local cache). Kernels started by the tests inherit them.
@@ -77,3 +78,20 @@ def book_html(built_book):
     if rc != 0:
         pytest.fail(f"the book build failed (rc={rc}); see _build/test-build.log:\n{log[-6000:]}")
     return ROOT / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (tests/chromium.py): skipped without it, failed with
+    LMKIT_REQUIRE_BROWSER=1."""
+    reason = browser_missing_reason()
+    if reason:
+        if os.environ.get("LMKIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser test required but {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()

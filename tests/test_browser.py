@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import re
 import threading
 from pathlib import Path
@@ -24,32 +23,9 @@ from urllib.parse import urlparse
 
 import pytest
 from book_toc import read_notebook, repository_branch, repository_url, source_of, toc_docnames
-
-CHROMIUM = os.environ.get("LMKIT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-TIMEOUT_MS = 60_000
+from chromium import LOCAL_HOSTS, TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
-
-
-def _browser_missing_reason() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"{CHROMIUM} not found (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[test]')"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +42,6 @@ def server(book_html):
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
-
-
-@pytest.fixture(scope="module")
-def browser():
-    reason = _browser_missing_reason()
-    if reason:
-        if os.environ.get("LMKIT_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"browser test required but {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 class PageVisit:

@@ -12,11 +12,9 @@ which turns the skip into a failure.
 
 from __future__ import annotations
 
-import os
 import string
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -24,24 +22,12 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 import torch  # noqa: E402
+from chromium import LOCAL_HOSTS, TIMEOUT_MS  # noqa: E402
 
 from lmkit.data import CharTokenizer  # noqa: E402
 from lmkit.models import GPT, GPTConfig  # noqa: E402
 from lmkit.serve import BackgroundServer, ChatTemplate, ServerLimits, create_app  # noqa: E402
 
-CHROMIUM = os.environ.get("LMKIT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-TIMEOUT_MS = 60_000
 CHARS = string.ascii_letters + " .,!?:"  # no newline: every token is one visible character
 MAX_TOKENS = 12
 TURNS = "() => document.querySelectorAll('.turn.assistant').length"
@@ -50,31 +36,6 @@ LAST_REPLY = """() => {
   const e = all[all.length - 1];
   return {text: e.textContent, state: e.dataset.state || null, finish: e.dataset.finish || null};
 }"""
-
-
-def _browser_missing_reason() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"{CHROMIUM} not found (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[test]')"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    reason = _browser_missing_reason()
-    if reason:
-        if os.environ.get("LMKIT_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"browser test required but {reason}")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 class Stepper:
