@@ -51,6 +51,7 @@ def presets() -> dict[str, tuple[dict, TrainConfig]]:
     """
     from lmkit.train import TrainConfig
 
+    every = dict(device="auto", eval_interval=250, ckpt_interval=250)  # what all three share
     return {
         # tiny: seconds on a CPU (tests, smoke runs)
         "tiny": (
@@ -61,9 +62,7 @@ def presets() -> dict[str, tuple[dict, TrainConfig]]:
                 lr=3e-3,
                 min_lr=3e-3 / 10,
                 warmup_steps=10,
-                device="auto",
-                eval_interval=250,
-                ckpt_interval=250,
+                **every,
             ),
         ),
         # cpu: the shipped checkpoints (about ten minutes on two cores)
@@ -75,9 +74,7 @@ def presets() -> dict[str, tuple[dict, TrainConfig]]:
                 lr=3e-3,
                 min_lr=3e-3 / 10,
                 warmup_steps=100,
-                device="auto",
-                eval_interval=250,
-                ckpt_interval=250,
+                **every,
             ),
         ),
         # gpu: GPT-2 small (124M) shape; the device policy's precision and torch.compile (bf16
@@ -92,9 +89,7 @@ def presets() -> dict[str, tuple[dict, TrainConfig]]:
                 warmup_steps=200,
                 dtype="auto",
                 compile=None,
-                device="auto",
-                eval_interval=250,
-                ckpt_interval=250,
+                **every,
             ),
         ),
     }
