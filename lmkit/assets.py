@@ -11,7 +11,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-SHIPPED = ("char-gpt", "bpe-gpt")
+SHIPPED = ("char-gpt", "bpe-gpt", "code-gpt", "chat-gpt")
 
 
 def checkpoint_path(name: str) -> Path:

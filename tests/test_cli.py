@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from lmkit.assets import checkpoint_path
-from lmkit.checkpoint import load_tensors
+from lmkit.assets import REPO_ROOT, SHIPPED, checkpoint_path
+from lmkit.checkpoint import load_model, load_tensors
 from lmkit.cli import NO_FLAG_FIELDS, build_parser, configs_from_args, main, presets
 from lmkit.env import current_policy, pick_device
 from lmkit.generate import beam_search
@@ -20,7 +20,7 @@ from lmkit.models import GPTConfig
 from lmkit.pretrained import load_pretrained
 from lmkit.train import TrainConfig
 
-SUBCOMMANDS = ["train", "generate", "eval", "env", "bench", "serve"]
+SUBCOMMANDS = ["train", "generate", "eval", "models", "env", "bench", "serve"]
 
 
 def run(*args, timeout=300):
@@ -102,7 +102,10 @@ def test_importing_the_cli_imports_no_torch():
 
 
 # ``train``'s own flags, not fields of a config (keep this list in step with build_parser)
-RUN_FLAGS = {"help", "out", "corpus", "tokenizer", "bpe_vocab", "preset", "record_command"}
+RUN_FLAGS = {
+    *("help", "out", "corpus", "tokenizer", "bpe_vocab", "preset", "record_command"),
+    *("init", "save_dtype"),
+}
 
 
 def train_subparser(parser):
@@ -190,7 +193,7 @@ def test_the_cpu_preset_holds_the_numbers_of_the_shipped_runs():
     )
 
 
-@pytest.mark.parametrize("name", ["char-gpt", "bpe-gpt"])
+@pytest.mark.parametrize("name", SHIPPED)
 def test_the_recorded_command_of_a_shipped_checkpoint_gives_its_recorded_configs(name):
     """info.json's command, parsed by today's parser, names the configs the run recorded."""
     d = checkpoint_path(name)
@@ -201,7 +204,12 @@ def test_the_recorded_command_of_a_shipped_checkpoint_gives_its_recorded_configs
     recorded["device"] = "cpu"  # where the shipped runs ran; "auto" picks this machine's best
     assert json.loads(json.dumps(recorded)) == info["train_config"]
     shipped = load_tensors(d / "model.safetensors")[1]["config"]
-    assert GPTConfig(vocab_size=shipped["vocab_size"], **model).to_dict() == shipped
+    args = build_parser().parse_args(argv)
+    if args.init:  # a fine-tuned model has its base's architecture (and the given dropout)
+        base = load_tensors(REPO_ROOT / args.init / "model.safetensors")[1]["config"]
+        assert {**base, "dropout": args.dropout or base["dropout"]} == shipped
+    else:
+        assert GPTConfig(vocab_size=shipped["vocab_size"], **model).to_dict() == shipped
 
 
 def test_a_flag_overrides_its_field_and_nothing_else():
@@ -246,3 +254,82 @@ def test_generate_num_beams_is_beam_search(capsys):
     assert capsys.readouterr().out == tok.decode(best[0].tolist()) + "\n"
     with pytest.raises(SystemExit):  # the old name is gone
         build_parser().parse_args(["generate", "--beams", "3"])
+
+
+def _train_tiny(out, *flags):
+    argv = ["train", "--preset", "tiny", "--corpus", "pydoc", "--no-progress", "--out", str(out)]
+    main([*argv, "--device", "cpu", *flags])
+    return load_model(out)
+
+
+def test_init_fine_tunes_from_the_checkpoint_with_its_tokenizer(tmp_path):
+    """Kills: --init ignored (a fresh model), its tokenizer replaced, its dropout not applied."""
+    base, base_tok, _ = _train_tiny(
+        tmp_path / "base", "--tokenizer", "bpe", "--bpe-vocab", "300", "--max-steps", "30"
+    )
+    tuned, tok, info = _train_tiny(
+        tmp_path / "tuned",
+        "--init",
+        str(tmp_path / "base"),
+        "--max-steps",
+        "1",
+        "--lr",
+        "1e-9",
+        "--min-lr",
+        "0",
+        "--warmup-steps",
+        "0",
+        "--dropout",
+        "0.2",
+    )
+    assert (tmp_path / "tuned" / "tokenizer.json").read_text() == (
+        tmp_path / "base" / "tokenizer.json"
+    ).read_text()
+    assert tuned.config == dataclasses.replace(base.config, dropout=0.2)
+    for (name, a), b in zip(base.state_dict().items(), tuned.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name  # one step at lr 1e-9 moves nothing visible
+    assert info["init"] == str(tmp_path / "base") and "--init" in info["command"]
+
+
+def test_init_refuses_architecture_flags(tmp_path):
+    _train_tiny(tmp_path / "base", "--max-steps", "2")
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                "train",
+                "--init",
+                str(tmp_path / "base"),
+                "--n-layer",
+                "3",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+    assert e.value.code == 2
+
+
+def test_bfloat16_storage_halves_the_file_and_records_the_loss_of_what_is_stored(tmp_path):
+    from lmkit.data import load_splits
+    from lmkit.train import evaluate_loss
+
+    _train_tiny(tmp_path / "f32", "--max-steps", "3")
+    model, tok, info = _train_tiny(
+        tmp_path / "bf16", "--max-steps", "3", "--save-dtype", "bfloat16"
+    )
+    sizes = [(tmp_path / d / "model.safetensors").stat().st_size for d in ("f32", "bf16")]
+    assert 0.45 < sizes[1] / sizes[0] < 0.55
+    tensors, _ = load_tensors(tmp_path / "bf16" / "model.safetensors")
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    assert next(model.parameters()).dtype == torch.float32  # loading upcasts
+    val = torch.tensor(tok.encode(load_splits("pydoc")["val"]))
+    assert evaluate_loss(model, val, model.config.block_size, 32) == pytest.approx(
+        info["val_loss"], abs=1e-5
+    )
+
+
+def test_models_lists_every_shipped_model(capsys):
+    main(["models"])
+    out = capsys.readouterr().out
+    for name in SHIPPED:
+        assert name in out
+    assert "tuned from lmkit/checkpoints/bpe-gpt" in out

@@ -69,3 +69,56 @@ def test_shipped_checkpoint_is_small_and_generates(name):
     model, tok, _ = load_pretrained(name)
     out = generate(model, torch.tensor([tok.encode("The ")]), 20, seed=0)
     assert len(tok.decode(out[0].tolist())) > 4
+
+
+def test_the_table_of_chapters_is_the_book_s():
+    """USED_IN (printed by ``lmkit models``) names exactly the notebooks that load each model."""
+    import re
+
+    from lmkit.assets import book_dir
+    from lmkit.pretrained import USED_IN
+
+    found = {name: set() for name in SHIPPED}
+    for nb in sorted(book_dir().glob("*.ipynb")):
+        label = re.match(r"(?:ch(\d+)|app([A-Z]))_", nb.name).groups()
+        text = nb.read_text(encoding="utf-8")
+        for name in SHIPPED:
+            if f'\\"{name}\\"' in text or f"'{name}'" in text:
+                found[name].add(str(int(label[0])) if label[0] else label[1])
+    assert {k: set(v) for k, v in USED_IN.items()} == found
+
+
+def test_list_models_reads_every_info_and_converts_to_bits_per_character():
+    from lmkit.pretrained import list_models
+
+    rows = {r["name"]: r for r in list_models()}
+    assert set(rows) == set(SHIPPED)
+    for name, r in rows.items():
+        info = load_pretrained(name)[2]
+        assert r["params"] == info["params"] and 0 < r["size_mib"] < 10
+        assert r["val_bpc"] == pytest.approx(
+            info["val_loss"] * info["val_tokens"] / (len(tok_text(name)) * math.log(2))
+        )
+    assert rows["chat-gpt"]["init"] == "lmkit/checkpoints/bpe-gpt"
+
+
+def tok_text(name):
+    from lmkit.data import load_splits
+    from lmkit.pretrained import load_pretrained_info
+
+    return load_splits(load_pretrained_info(name)["corpus"])["val"]
+
+
+def test_hub_loading_converts_a_save_pretrained_gpt2_directory(tmp_path):
+    """The opt-in hub path, run on a local directory (what from_pretrained also accepts)."""
+    from lmkit.pretrained import export_hf
+
+    model, tok, _ = load_pretrained("bpe-gpt")
+    export_hf(checkpoint_path("bpe-gpt"), tmp_path / "hf")
+    hub_model, hub_tok, info = load_pretrained(str(tmp_path / "hf"), hub=True)
+    text = "The for statement is used to iterate over the elements of a sequence."
+    assert hub_tok.encode(text) == tok.encode(text)
+    idx = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        assert torch.allclose(hub_model(idx)[0], model(idx)[0], atol=1e-4)
+    assert info["source"] == "hub" and info["params"] == model.num_params()

@@ -4,7 +4,8 @@ A base language model only continues text. A chat system wraps it: each turn is 
 **prompt template** (提示模板) (``User: ...`` / ``Assistant: ...``), the model continues after
 ``Assistant:``, and the reply is cut where the model starts writing the next ``User:`` line.
 Instruction tuning and RLHF (chapter 23) are what make a model answer instead of merely continue;
-this module is only the plumbing, and it works with any lmkit GPT and tokenizer.
+this module is only the plumbing, and it works with any lmkit GPT and tokenizer. A tuned model
+(``chat-gpt``) ends its reply with the template's end-of-turn token, and generation stops there.
 """
 
 from __future__ import annotations
@@ -13,39 +14,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmkit.data.instructions import ChatTemplate
 from lmkit.generate import generate
 from lmkit.nn import device_of
 
+__all__ = ["ChatSession", "ChatTemplate", "contains_answer", "cut_reply", "end_of_turn_id"]
 
-@dataclass
-class ChatTemplate:
-    """How turns are written into one prompt string. Explained in chapter 23."""
 
-    system: str = (
-        "A conversation between a user and an assistant that answers questions about Python."
-    )
-    user_prefix: str = "User: "
-    assistant_prefix: str = "Assistant: "
-    separator: str = "\n"
-
-    def render(self, history: list[tuple[str, str]], message: str) -> str:
-        """The prompt for ``message`` after ``history`` [(user, assistant), ...], ending in the
-        assistant prefix (with its trailing space removed so that the model writes the space)."""
-        parts = [self.system] if self.system else []
-        for user, assistant in history:
-            parts.append(self.user_prefix + user)
-            parts.append(self.assistant_prefix + assistant)
-        parts.append(self.user_prefix + message)
-        parts.append(self.assistant_prefix.rstrip())
-        return self.separator.join(parts)
-
-    def stop_strings(self) -> list[str]:
-        """Where a reply ends: at the next turn marker (or a blank line)."""
-        return [
-            self.separator + self.user_prefix.strip(),
-            self.separator + self.assistant_prefix.strip(),
-            "\n\n",
-        ]
+def end_of_turn_id(tokenizer, template: ChatTemplate) -> int | None:
+    """The token id of the template's end-of-turn marker, or None when the tokenizer has no single
+    token for it (a character tokenizer spells it out). Chapter 23."""
+    ids = tokenizer.encode(template.end_of_turn) if template.end_of_turn else []
+    return ids[0] if len(ids) == 1 else None
 
 
 def cut_reply(text: str, stops: list[str]) -> str:
@@ -103,6 +83,7 @@ class ChatSession:
             [self.tokenizer.encode(prompt)], dtype=torch.long, device=device_of(self.model)
         )
         seed = None if self.seed is None else self.seed + len(self.history)
+        eos = end_of_turn_id(self.tokenizer, self.template)
         out = generate(
             self.model,
             ids,
@@ -110,8 +91,12 @@ class ChatSession:
             temperature=self.temperature,
             top_k=self.top_k,
             seed=seed,
+            eos_id=eos,
         )
-        text = self.tokenizer.decode(out[0, ids.size(1) :].tolist())
+        new = out[0, ids.size(1) :].tolist()
+        if eos in new:
+            new = new[: new.index(eos)]
+        text = self.tokenizer.decode(new)
         reply = cut_reply(text, self.template.stop_strings())
         self.history.append((message, reply))
         return reply

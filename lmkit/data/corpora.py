@@ -1,10 +1,16 @@
 """Offline corpora and deterministic splits. Explained in chapter 8.
 
-Three corpora need no download:
+Five corpora need no download:
 
 * ``"pydoc"``: Python's documentation topics (``pydoc_data.topics``, ~465 KB of English prose).
 * ``"stdlib"``: source of the Python standard library's top-level modules (real code, chapter 20).
-* ``"book"``: the markdown of this book's own chapters (needs a checkout of the repository).
+* ``"docs"``: pydoc's training split plus the docstrings and comments of those modules (~1.7 MB of
+  English about Python); its validation and test splits are pydoc's, so a model trained on it is
+  scored on the same text as one trained on ``"pydoc"``.
+* ``"chat"``: the instruction-tuning conversations shipped in the book's ``data/chat`` (written
+  by :mod:`lmkit.data.instructions` in its chat template; chapter 23), split as shipped.
+* ``"book"``: the markdown of this book's own chapters (needs a checkout of the repository; it
+  changes with every edit of the book, so no shipped model is trained on it).
 
 Named hub datasets are loaded only when the caller asks (``load_hub_text``) and has internet.
 """
@@ -12,30 +18,18 @@ Named hub datasets are loaded only when the caller asks (``load_hub_text``) and 
 from __future__ import annotations
 
 import json
-import sysconfig
 from pathlib import Path
 
 from lmkit.assets import book_dir
+from lmkit.data.instructions import ChatTemplate, instruction_text, load_instructions
+from lmkit.data.sources import prose_of, pydoc_documents, stdlib_documents
 
-CORPORA = ("pydoc", "stdlib", "book")
-
-
-def _pydoc_documents() -> dict[str, str]:
-    import pydoc_data.topics
-
-    return {k: v.strip() + "\n" for k, v in sorted(pydoc_data.topics.topics.items())}
+CORPORA = ("pydoc", "stdlib", "docs", "chat", "book")
 
 
-def _stdlib_documents(max_files: int | None = None) -> dict[str, str]:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in stdlib.glob("*.py") if not p.name.startswith("_"))
-    docs = {}
-    for p in files[:max_files]:
-        try:
-            docs[p.name] = p.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-    return docs
+def _docs_documents() -> dict[str, str]:
+    prose = {name: prose_of(src) for name, src in stdlib_documents().items()}
+    return {**pydoc_documents(), **{k: v for k, v in prose.items() if v.strip()}}
 
 
 def _book_documents() -> dict[str, str]:
@@ -54,9 +48,14 @@ def _book_documents() -> dict[str, str]:
 def corpus_documents(name: str) -> dict[str, str]:
     """The documents of an offline corpus, as {document name: text}, in a fixed order."""
     if name == "pydoc":
-        return _pydoc_documents()
+        return pydoc_documents()
     if name == "stdlib":
-        return _stdlib_documents()
+        return stdlib_documents()
+    if name == "docs":
+        return _docs_documents()
+    if name == "chat":
+        rows = load_instructions("train") + load_instructions("val")
+        return {e["id"]: ChatTemplate().example_text(e) for e in rows}
     if name == "book":
         return _book_documents()
     raise ValueError(f"unknown corpus {name!r}; choose one of {CORPORA}")
@@ -86,7 +85,17 @@ def split_text(
 def load_splits(
     name: str, val_fraction: float = 0.05, test_fraction: float = 0.05
 ) -> dict[str, str]:
-    """``split_text(load_corpus(name))``: the train / val / test text of an offline corpus."""
+    """``split_text(load_corpus(name))``: the train / val / test text of an offline corpus.
+
+    Two exceptions: ``"docs"`` has pydoc's splits with the standard library's docstrings and
+    comments appended to the training split, and ``"chat"`` the shipped train and val files (no
+    test split)."""
+    if name == "chat":
+        return {"train": instruction_text("train"), "val": instruction_text("val"), "test": ""}
+    if name == "docs":
+        splits = split_text(load_corpus("pydoc"), val_fraction, test_fraction)
+        prose = "\n".join(prose_of(src) for src in stdlib_documents().values())
+        return {**splits, "train": splits["train"] + "\n" + prose}
     return split_text(load_corpus(name), val_fraction, test_fraction)
 
 

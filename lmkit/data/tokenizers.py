@@ -101,7 +101,9 @@ class BPETokenizer:
         return self.tk.encode(text).ids
 
     def decode(self, ids) -> str:
-        return self.tk.decode([int(i) for i in ids])
+        """The text of ``ids``; ``<|endoftext|>`` is kept, so ``decode(encode(t)) == t`` for every
+        text, chat conversations included (chapter 23 cuts a reply at the token's id instead)."""
+        return self.tk.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def tokens(self, text: str) -> list[str]:
         return self.tk.encode(text).tokens
