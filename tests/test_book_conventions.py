@@ -7,6 +7,7 @@ Fast and static: nothing is executed here. papermill and nbval execute the noteb
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import nbformat
@@ -25,17 +26,10 @@ from book_toc import (
     toc_notebooks,
 )
 
-NOTEBOOKS = toc_notebooks()
-BOOTSTRAP = """\
-# Bootstrap: on Colab, fetch the book (chapters and data) and install lmkit from it;
-# elsewhere lmkit is already installed.
-import sys
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from bootstrap_extras import bootstrap, needed_extras  # noqa: E402  (a script, from its folder)
 
-if "google.colab" in sys.modules:
-    !git clone -q --depth 1 -b {branch} {url} /content/lmkit-book
-    %pip install -q "/content/lmkit-book[apps,serve]"
-    %cd /content/lmkit-book/book
-import lmkit"""
+NOTEBOOKS = toc_notebooks()
 MIN_INTRO_WORDS = 40
 MIN_EXERCISES = 3
 MAX_NOTEBOOK_BYTES = 10 * 2**20
@@ -211,9 +205,11 @@ def test_bootstrap_then_parameters(notebook):
     path, nb = notebook
     code = code_cells(nb)
     assert len(code) >= 2
-    expected = BOOTSTRAP.format(url=repository_url(), branch=repository_branch())
+    extras = needed_extras(path)  # only the optional extras this chapter imports (#14)
+    expected = bootstrap(extras, url=repository_url(), branch=repository_branch())
     assert src(code[0]).rstrip() == expected, (
-        f"the first code cell must be the bootstrap, exactly:\n{expected}"
+        f"the first code cell must be the bootstrap, exactly:\n{expected}\n"
+        "(python scripts/bootstrap_extras.py --write rewrites every notebook's)"
     )
     assert "parameters" in tags(code[1]), "the second code cell must be tagged 'parameters'"
     assert sum("parameters" in tags(c) for c in code) == 1, "exactly one 'parameters' cell"
@@ -374,3 +370,23 @@ def test_errata_are_recorded(notebook):
     for row in rows:
         missing = {"seed", "section", "claim", "correct", "cell"} - set(row)
         assert not missing, f"{errata.name}: a row lacks {sorted(missing)}"
+
+
+def test_the_extras_scan_follows_lmkit_imports_into_functions(tmp_path):
+    """Kills: a scan that reads only the notebook (ch13 imports lmkit.serve, which needs the
+    serve extra), or only module-level imports (sklearn is imported inside lmkit's functions)."""
+    import json
+
+    def nb(code):
+        cells = [
+            {"cell_type": "code", "source": "# bootstrap"},
+            {"cell_type": "code", "source": code},
+        ]
+        p = tmp_path / "x.ipynb"
+        p.write_text(json.dumps({"cells": cells}))
+        return p
+
+    assert needed_extras(nb("import torch\nimport lmkit.models")) == ()
+    assert needed_extras(nb("from lmkit.serve import create_app")) == ("serve",)
+    assert needed_extras(nb("from lmkit.apps import retrieval")) == ("apps",)  # TfidfRetriever
+    assert needed_extras(nb("%pip install x\nimport sklearn")) == ("apps",)
