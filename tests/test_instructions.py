@@ -11,7 +11,7 @@ from lmkit.data.instructions import (
     END_OF_TURN,
     REFUSAL,
     ChatTemplate,
-    _pydoc_sections,
+    pydoc_sections,
     _sentences,
     build_instructions,
     load_instructions,
@@ -78,14 +78,14 @@ def test_the_chat_corpus_is_the_shipped_examples_in_the_template(shipped):
     assert splits["test"] == ""
 
 
-def test_pydoc_sections_skip_grammar_and_code_and_keep_the_first_paragraph():
+def testpydoc_sections_skip_grammar_and_code_and_keep_the_first_paragraph():
     topic = (
         'The "pass" statement\n********************\n\n   pass_stmt ::= "pass"\n\n'
         '"pass" is a null operation; nothing happens when it is executed.\nIt is useful as a '
         "placeholder.\n\nSecond paragraph.\n\nExamples\n========\n\n   >>> pass\n\n"
         "An example follows here.\n"
     )
-    assert _pydoc_sections(topic) == [
+    assert pydoc_sections(topic) == [
         (
             'The "pass" statement',
             '"pass" is a null operation; nothing happens when it is executed. It is useful as a '

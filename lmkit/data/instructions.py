@@ -92,7 +92,7 @@ def _pick(key: str, options: list):
     return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]
 
 
-def _pydoc_sections(text: str) -> list[tuple[str, str]]:
+def pydoc_sections(text: str) -> list[tuple[str, str]]:
     """(title, first prose paragraph) for each section of a pydoc topic (titles are underlined)."""
     lines = text.split("\n")
     sections, title, paragraph, found = [], None, [], False
@@ -155,7 +155,7 @@ _FILLERS = {
 def _topic_examples() -> list[dict]:
     out = []
     for topic, text in pydoc_documents().items():
-        for title, paragraph in _pydoc_sections(text):
+        for title, paragraph in pydoc_sections(text):
             answer = _sentences(paragraph, 2)
             if len(answer.split()) < 6 or answer.endswith("..."):
                 continue
