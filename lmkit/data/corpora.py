@@ -17,6 +17,7 @@ Named hub datasets are loaded only when the caller asks (``load_hub_text``) and 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -82,6 +83,12 @@ def split_text(
     return {"train": text[:a], "val": text[a:b], "test": text[b:]}
 
 
+@functools.cache
+def _stdlib_prose() -> str:
+    """The docstrings and comments of the standard library, parsed once per process (seconds)."""
+    return "\n".join(prose_of(src) for src in stdlib_documents().values())
+
+
 def load_splits(
     name: str, val_fraction: float = 0.05, test_fraction: float = 0.05
 ) -> dict[str, str]:
@@ -94,8 +101,7 @@ def load_splits(
         return {"train": instruction_text("train"), "val": instruction_text("val"), "test": ""}
     if name == "docs":
         splits = split_text(load_corpus("pydoc"), val_fraction, test_fraction)
-        prose = "\n".join(prose_of(src) for src in stdlib_documents().values())
-        return {**splits, "train": splits["train"] + "\n" + prose}
+        return {**splits, "train": splits["train"] + "\n" + _stdlib_prose()}
     return split_text(load_corpus(name), val_fraction, test_fraction)
 
 
