@@ -333,3 +333,11 @@ def test_models_lists_every_shipped_model(capsys):
     for name in SHIPPED:
         assert name in out
     assert "tuned from lmkit/checkpoints/bpe-gpt" in out
+
+
+def test_the_readme_shows_the_current_models_table(capsys):
+    main(["models"])
+    table = capsys.readouterr().out.strip()
+    assert table in (REPO_ROOT / "README.md").read_text(encoding="utf-8"), (
+        "README.md's models table is stale: paste the output of `python -m lmkit models`"
+    )
