@@ -4,6 +4,8 @@ Explained in chapter 25 (perplexity, BLEU, ROUGE, METEOR, BERTScore-style, accur
 and chapter 26 (ECE, reliability bins, temperature scaling).
 
 * :func:`perplexity`, :func:`bits_per_char`: from a mean cross-entropy in nats;
+* :func:`sequence_logprob`, :func:`option_logprobs`: log-likelihood scoring of continuations and
+  of multiple-choice options (batched, the context's KV cache shared);
 * :func:`accuracy_f1`: accuracy and macro-F1 (scikit-learn);
 * :func:`bleu` (sacrebleu), :func:`rouge` (rouge-score), :func:`meteor` (written here: exact-match
   unigram alignment with the fragmentation penalty of Banerjee & Lavie 2005; nltk's METEOR needs
@@ -15,6 +17,7 @@ and chapter 26 (ECE, reliability bins, temperature scaling).
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 
@@ -53,6 +56,77 @@ def sequence_logprob(
     logp = F.log_softmax(logits[0].float(), dim=-1)
     tok_lp = logp[torch.arange(len(y)), y]
     return float(tok_lp[-n_cont:].sum())
+
+
+@torch.no_grad()
+def option_logprobs(
+    model, tokenizer, context: str, options: list[str], device="cpu", batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log-likelihood of each option as a continuation of ``context``: (sums (K,) in nats, number
+    of option tokens (K,)). Explained in chapter 25.
+
+    Each option is tokenized the way evaluation harnesses do it: ``context + option`` is encoded
+    as one string and the option's tokens are the ids after those of ``context`` alone (a BPE
+    merges across the boundary, so encoding the option on its own can give other tokens).
+    Per-token and per-character scores are ``sums / counts`` and ``sums / len(option)``.
+
+    When the context's ids are a prefix of every joint encoding and everything fits in the
+    model's ``config.block_size``, the context goes through the model once and the options, up to
+    ``batch_size`` at a time, continue from its KV cache (chapter 12), right-padded (a causal
+    model's logits at a position do not depend on the padding after it). Otherwise each joint
+    sequence, cut on the left to ``block_size`` + 1 tokens, is scored in a right-padded batch.
+    ``model`` is an lmkit GPT: ``model(idx, cache=...)`` returns (logits, loss).
+    """
+    from lmkit.models.gpt import KVCache
+
+    ctx = tokenizer.encode(context)
+    block = model.config.block_size
+    joint = [tokenizer.encode(context + o) for o in options]
+    tails = [ids[len(ctx) :] for ids in joint]
+    if not all(tails):
+        raise ValueError("every option must add at least one token to the context")
+    counts = np.array([len(t) for t in tails])
+    shared = ctx and all(ids[: len(ctx)] == ctx for ids in joint)
+    if shared and len(ctx) + int(counts.max()) - 1 <= block:
+        cache = KVCache(model.config, 1, device, next(model.parameters()).dtype)
+        logits, _ = model(torch.tensor([ctx], device=device), cache=cache)
+        first = F.log_softmax(logits[0, -1].float(), dim=-1)  # predicts each option's first token
+        sums = []
+        for b in range(0, len(tails), batch_size):
+            chunk = tails[b : b + batch_size]
+            total = first[torch.tensor([t[0] for t in chunk], device=device)].double()
+            width = max(len(t) for t in chunk) - 1
+            if width:  # the options' tokens after the first, predicted from the cached context
+                x, y, keep = _padded([t for t in chunk], width)
+                c = copy.copy(cache)
+                c.reorder(torch.zeros(len(chunk), dtype=torch.long, device=device))
+                logits, _ = model(x.to(device), cache=c)
+                lp = F.log_softmax(logits.float(), dim=-1)
+                lp = lp.gather(-1, y.to(device)[..., None])[..., 0]
+                total = total + (lp * keep.to(device)).sum(1).double()
+            sums.append(total.cpu())
+        return torch.cat(sums).numpy(), counts
+    seqs = [ids[-(block + 1) :] for ids in joint]
+    x, y, _ = _padded(seqs, max(len(s) for s in seqs) - 1)
+    keep = torch.zeros_like(y, dtype=torch.bool)
+    for k, (s, n) in enumerate(zip(seqs, counts)):
+        t = len(s) - 1
+        keep[k, t - min(int(n), t) : t] = True  # the option's tokens (all of them, unless cut)
+    logits, _ = model(x.to(device))
+    lp = F.log_softmax(logits.float(), dim=-1).gather(-1, y.to(device)[..., None])[..., 0]
+    return (lp * keep.to(device)).sum(1).double().cpu().numpy(), counts
+
+
+def _padded(seqs: list[list[int]], width: int):
+    """Inputs x = s[:-1] and targets y = s[1:] of each sequence, right-padded to ``width`` with
+    0, and the mask of real targets: (x, y, keep), each (len(seqs), width)."""
+    x = torch.zeros(len(seqs), width, dtype=torch.long)
+    y = torch.zeros(len(seqs), width, dtype=torch.long)
+    keep = torch.zeros(len(seqs), width, dtype=torch.bool)
+    for k, s in enumerate(seqs):
+        t = len(s) - 1
+        x[k, :t], y[k, :t], keep[k, :t] = torch.tensor(s[:-1]), torch.tensor(s[1:]), True
+    return x, y, keep
 
 
 # --- classification ---------------------------------------------------------------------------

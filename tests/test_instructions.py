@@ -11,10 +11,10 @@ from lmkit.data.instructions import (
     END_OF_TURN,
     REFUSAL,
     ChatTemplate,
-    pydoc_sections,
     _sentences,
     build_instructions,
     load_instructions,
+    pydoc_sections,
 )
 
 CARD = book_data("chat/README.md").read_text(encoding="utf-8")

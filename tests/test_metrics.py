@@ -129,3 +129,43 @@ def test_bertscore_identity_and_order():
     assert r["F1"][1] < 0.9
     emb = metrics.token_embeddings(["hello world"], model, tok)
     assert emb[0].shape == (2, 384)
+
+
+def test_option_logprobs_batch_equals_one_at_a_time():
+    """Both paths of the batched scorer (the context's KV cache shared by right-padded options,
+    and whole padded sequences) give each option the sum of its own tokens' log-probs: padding,
+    a dropped first option token or a shifted target would change the sums."""
+    from lmkit.data.tokenizers import BPETokenizer, CharTokenizer
+    from lmkit.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    tok = CharTokenizer("abcde .")
+    m = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=12, n_layer=1, n_head=1, n_embd=8))
+    m.eval()
+    context, options = "ab c", [" d", " dead.", " cab", " e"]  # different lengths: padding
+    for batch_size in (64, 3):  # one chunk of options, or two
+        sums, counts = metrics.option_logprobs(m, tok, context, options, batch_size=batch_size)
+        assert counts.tolist() == [len(o) for o in options]
+        ctx = tok.encode(context)
+        for s, o in zip(sums, options):
+            assert s == pytest.approx(metrics.sequence_logprob(m, ctx, tok.encode(o)), abs=1e-5)
+    # a context longer than the block is cut on the left, as sequence_logprob cuts it
+    long = "abcde " * 3
+    sums, _ = metrics.option_logprobs(m, tok, long, options)
+    for s, o in zip(sums, options):
+        expect = metrics.sequence_logprob(m, tok.encode(long), tok.encode(o))
+        assert s == pytest.approx(expect, abs=1e-5)
+    with pytest.raises(ValueError):
+        metrics.option_logprobs(m, tok, context, ["", " a"])
+    # BPE merges across the boundary: the option's tokens are the tail of the joint encoding
+    bpe = BPETokenizer.train(["the function returns the function value " * 20], vocab_size=300)
+    m = GPT(GPTConfig(vocab_size=bpe.vocab_size, block_size=32, n_layer=1, n_head=1, n_embd=8))
+    m.eval()
+    context, options = "the fu", ["nction returns the value", "nction value", " value"]
+    assert bpe.encode(context + options[0])[: len(bpe.encode(context))] != bpe.encode(context)
+    sums, counts = metrics.option_logprobs(m, bpe, context, options)
+    n_ctx = len(bpe.encode(context))
+    for s, n, o in zip(sums, counts, options):
+        ids = bpe.encode(context + o)
+        assert n == len(ids) - n_ctx
+        assert s == pytest.approx(metrics.sequence_logprob(m, ids[:n_ctx], ids[n_ctx:]), abs=1e-5)
