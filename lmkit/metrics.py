@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lmkit.data.stats import perplexity as perplexity  # the one definition, re-exported here
+from lmkit.models.gpt import KVCache
 from lmkit.pretrained import load_encoder
 
 # --- language-model metrics -------------------------------------------------------------------
@@ -77,8 +78,6 @@ def option_logprobs(
     sequence, cut on the left to ``block_size`` + 1 tokens, is scored in a right-padded batch.
     ``model`` is an lmkit GPT: ``model(idx, cache=...)`` returns (logits, loss).
     """
-    from lmkit.models.gpt import KVCache
-
     ctx = tokenizer.encode(context)
     block = model.config.block_size
     joint = [tokenizer.encode(context + o) for o in options]
