@@ -29,9 +29,9 @@ import pytest
 from book_toc import ROOT, notebook_id, toc_notebooks
 from papermill_run import BUSY, STALL
 
-NOTEBOOK_TIMEOUT = float(os.environ.get("LMKIT_NOTEBOOK_TIMEOUT", "300"))
+NOTEBOOK_TIMEOUT = float(os.environ.get("LMKIT_NOTEBOOK_TIMEOUT", "600"))
 # No cell of the book needs this long on a CPU (tests/papermill_run.py says why one ran past it).
-CELL_TIMEOUT = float(os.environ.get("LMKIT_CELL_TIMEOUT", "150"))
+CELL_TIMEOUT = float(os.environ.get("LMKIT_CELL_TIMEOUT", "300"))
 OUT_DIR = ROOT / "_build" / "papermill"
 
 
