@@ -2,8 +2,8 @@
 """Build the HTML book into _build/html (run from the project's virtual environment).
 
     python scripts/build_book.py               # execute notebooks as _config.yml says (cache)
-    python scripts/build_book.py --no-execute  # show the committed outputs (CI: papermill and
-                                               # nbval have executed every notebook already)
+    python scripts/build_book.py --no-execute  # show the committed outputs (CI: papermill has
+                                               # executed every notebook already)
 
 Fetches the offline JavaScript first (scripts/fetch_static.py), then runs
 ``jupyter-book build . -W -n --keep-going``: any warning fails the build, and with

@@ -6,15 +6,15 @@
 # 1. set-up: .venv with exactly requirements/lock.txt (scripts/setup.sh), offline JavaScript for
 #    the HTML book (scripts/fetch_static.py);
 # 2. pytest: lmkit's unit tests, the book's conventions, and every notebook of _toc.yml run
-#    by papermill, which writes run time and peak memory to the status page (book/status.md);
-# 3. pytest + nbval: every notebook re-executed, the outputs of `# NBVAL_CHECK_OUTPUT` cells
-#    compared with the committed ones;
-# 4. scripts/colab_check.sh: lmkit installed non-editable from a clone of HEAD into a fresh
+#    once by papermill, which writes run time and peak memory to the status page
+#    (book/status.md) and compares the outputs of `# NBVAL_CHECK_OUTPUT` cells with the
+#    committed ones (tests/notebook_outputs.py);
+# 3. scripts/colab_check.sh: lmkit installed non-editable from a clone of HEAD into a fresh
 #    environment with a transformers 4.x (which it must keep), chapters run from a copy of book/;
 #    scripts/check_oldest.sh: the unit tests with the oldest transformers, tokenizers and NumPy
 #    that pyproject.toml allows;
-# 5. pytest: the book build (after 2, so it shows the fresh status page; execution off, since
-#    2 and 3 executed every notebook), a failing cell failing a build, and every page opened
+# 4. pytest: the book build (after 2, so it shows the fresh status page; execution off, since
+#    2 executed every notebook), a failing cell failing a build, and every page opened
 #    offline in headless Chromium.
 # All runs happen even if one fails; the exit status is non-zero if any failed, and the output
 # ends with pytest's summary line (that of a failed run, if any).
@@ -72,10 +72,6 @@ xdist=()
 
 run "unit tests, conventions, notebooks (papermill)" "${xdist[@]}" tests \
     --ignore=tests/test_book_build.py --ignore=tests/test_browser.py --durations=15 "$@"
-if [ "${#NOTEBOOKS[@]}" -gt 0 ]; then  # (no paths would make pytest collect tests/ again)
-  run "notebook outputs (nbval)" "${xdist[@]}" --dist loadfile -p tests.nbval_plugin \
-      --nbval-lax --nbval-current-env --nbval-cell-timeout=600 "${NOTEBOOKS[@]}" "$@"
-fi
 # lmkit as a Colab user installs it (non-editable, next to a transformers 4.x), chapters run
 # from a copy of book/; and the unit tests with the oldest releases pyproject.toml allows.
 run_cmd "colab-like install and chapters" bash scripts/colab_check.sh

@@ -74,5 +74,5 @@ def read_notebook(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-if __name__ == "__main__":  # used by scripts/test.sh: the notebooks to hand to nbval
+if __name__ == "__main__":  # used by scripts/test.sh: the notebooks papermill runs
     print("\n".join(str(p.relative_to(ROOT)) for p in toc_notebooks()))

@@ -44,7 +44,7 @@ else:
 def built_book():
     """Build the HTML book once per test run with execution off; return (returncode, log).
 
-    The notebooks show their committed outputs, which papermill and nbval have just checked (CI
+    The notebooks show their committed outputs, which papermill has just checked (CI
     runs them first; see scripts/test.sh). The build itself must pass with ``-W -n --keep-going``.
     A lock and the xdist run id keep parallel workers from building twice at once.
     """

@@ -29,15 +29,14 @@ HEADER = """\
 # Execution status
 
 Every chapter of this book is executed in continuous integration, on a machine with 2 CPU cores
-and no GPU, at its default parameters: once by [papermill](https://papermill.readthedocs.io)
-(which measures it) and once by [nbval](https://nbval.readthedocs.io) (which re-computes the
-numbers in the cells marked to be checked and compares them with the committed ones). The table
-shows, for each chapter, the wall time of the whole notebook and the peak memory (resident set
-size) of the kernel and any processes it started, from the last recorded run. Notebooks run two
-at a time, so times include some contention. A chapter over its one-minute budget is marked
-with a warning sign. A chapter that passed only on a second run, after its first run stalled
-(a cell's reply lost while the kernel sat idle, jupyter/nbclient#312), says so; if it stalls in
-two recorded runs in a row, the test fails.
+and no GPU, at its default parameters, by [papermill](https://papermill.readthedocs.io), which
+measures it and compares the numbers that the cells marked to be checked re-compute with the
+committed ones. The table shows, for each chapter, the wall time of the whole notebook and the
+peak memory (resident set size) of the kernel and any processes it started, from the last
+recorded run. Notebooks run two at a time, so times include some contention. A chapter over its
+one-minute budget is marked with a warning sign. A chapter that passed only on a second run,
+after its first run stalled (a cell's reply lost while the kernel sat idle,
+jupyter/nbclient#312), says so; if it stalls in two recorded runs in a row, the test fails.
 
 This page is written by `tests/test_notebooks_papermill.py`; do not edit it by hand.
 """

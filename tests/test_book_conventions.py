@@ -1,7 +1,8 @@
 """The book's conventions (docs/CONTRIBUTING.md), checked on every notebook of the book.
 
-Fast and static: nothing is executed here. papermill and nbval execute the notebooks
-(test_notebooks_papermill.py, scripts/test.sh); the build and the browser check the HTML.
+Fast and static: nothing is executed here. papermill executes the notebooks and
+compares their checked outputs (test_notebooks_papermill.py); the build and the browser check
+the HTML.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Each notebook runs at its default parameters in a fresh ``python3`` kernel whose
 directory is the notebook's folder, with a time limit for the whole notebook
 (``LMKIT_NOTEBOOK_TIMEOUT``, seconds). Wall time and the peak memory of the kernel's process tree
 are recorded on the book's status page (tests/notebook_status.py). The executed copies are kept
-in ``_build/papermill/`` for inspection.
+in ``_build/papermill/`` for inspection, and their checked cells (``# NBVAL_CHECK_OUTPUT``) must
+print what the committed notebook shows (tests/notebook_outputs.py): this one execution both runs
+and re-derives every notebook.
 
 papermill runs through tests/papermill_run.py, which tells a cell timeout's two causes apart. Only
 the lost-reply stall of jupyter/nbclient#312 (the kernel idle, its reply lost) earns one retry; the
@@ -14,6 +16,7 @@ in the previous recorded run, fails. A cell still executing at its timeout fails
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +26,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import notebook_outputs
 import notebook_status
 import psutil
 import pytest
@@ -203,6 +207,14 @@ def test_notebook_runs(notebook: Path):
         f"(LMKIT_NOTEBOOK_TIMEOUT); its defaults must run in about a minute\n{run.log[-4000:]}"
     )
     assert run.result == "passed", f"{notebook.name} failed under papermill:\n{run.log[-8000:]}"
+    changed = notebook_outputs.differences(
+        json.loads(notebook.read_text()), json.loads((OUT_DIR / notebook.name).read_text())
+    )
+    assert not changed, (
+        f"{notebook.name}: {len(changed)} checked cell(s) (# NBVAL_CHECK_OUTPUT) print something "
+        "else than the committed notebook: re-read the text beside them, then re-execute it "
+        "(make execute NB=...)\n" + "\n".join(changed)[-8000:]
+    )
 
 
 # --- the measuring machinery itself, on tiny notebooks -------------------------------------
@@ -270,3 +282,43 @@ def test_cell_timeouts_are_diagnosed(tmp_path):
     nb = _tiny_notebook(tmp_path / "busy.ipynb", "SECONDS = 60", "import time; time.sleep(SECONDS)")
     run = run_papermill(nb, tmp_path / "out.ipynb", timeout=120, cell_timeout=5)
     assert run.result == "failed" and BUSY in run.log and not run.stalled, run.log[-3000:]
+
+
+def _cell(source, *outputs):
+    return {"cell_type": "code", "source": source, "outputs": list(outputs), "metadata": {}}
+
+
+def _stream(name, text):
+    return {"output_type": "stream", "name": name, "text": text}
+
+
+def test_checked_outputs_are_compared_and_noise_is_not():
+    def nb(*cells):
+        return {"cells": list(cells)}
+
+    checked = "# NBVAL_CHECK_OUTPUT\nprint(x)"
+    png = {"output_type": "display_data", "data": {"image/png": "AAA", "text/plain": "<Figure>"}}
+    ref = nb(
+        _cell(checked, _stream("stdout", "loss 1.23\n"), _stream("stderr", "warn A"), png),
+        _cell("print(t)", _stream("stdout", "12.3 s\n")),
+    )
+    noise = nb(
+        _cell(
+            checked,
+            _stream("stdout", "loss "),
+            _stream("stdout", "1.23\n"),
+            _stream("stderr", "warn B"),
+            {**png, "data": {"image/png": "BBB", "text/plain": "<Figure>"}},
+        ),
+        _cell("print(t)", _stream("stdout", "99.9 s\n")),  # not checked: timings may change
+    )
+    assert notebook_outputs.differences(ref, noise) == []
+    changed = nb(_cell(checked, _stream("stdout", "loss 1.24\n"), png), ref["cells"][1])
+    (message,) = notebook_outputs.differences(ref, changed)
+    assert "cell 0 (stdout)" in message and "-loss 1.23" in message and "+loss 1.24" in message
+    silent = nb(_cell(checked, png), ref["cells"][1])  # the checked print vanished
+    assert len(notebook_outputs.differences(ref, silent)) == 1
+    error = {"output_type": "error", "ename": "ValueError", "evalue": "bad", "traceback": []}
+    failed = nb(_cell(checked, _stream("stdout", "loss 1.23\n"), png, error), ref["cells"][1])
+    assert "ValueError: bad" in notebook_outputs.differences(ref, failed)[0]
+    assert notebook_outputs.differences(ref, nb(ref["cells"][0]))  # a cell went missing
