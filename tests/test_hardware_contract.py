@@ -46,7 +46,7 @@ def test_every_chapter_with_a_gpu_preset_has_an_estimate():
 
 @pytest.mark.parametrize(
     "wall, bound, said",
-    [(9.0, 15, "15 s"), (14.8, 30, "30 s"), (33.4, 60, "a minute"), (70, 90, "1.5 minutes")],
+    [(9.0, 15, "15 s"), (14.8, 30, "30 s"), (33.4, 60, "a minute"), (58, 90, "1.5 minutes")],
 )
 def test_cpu_bounds_round_up_with_a_margin(wall, bound, said):
     assert hc.cpu_bound_s(wall) == bound and hc.say_seconds(bound) == said
