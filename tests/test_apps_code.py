@@ -203,6 +203,31 @@ def test_complete_functions_boundary_grouping_and_early_stop(monkeypatch):
     assert complete_functions(None, tok, headers[:1], max_new_tokens=8, chunk=4) == [[""]]
 
 
+def test_sampling_settings_reach_generate(monkeypatch):
+    """temperature, top_k and top_p (nucleus sampling, chapter 20's Codex setting) are passed to
+    every generate call, by complete_functions and by sample_completions."""
+    import torch
+
+    import lmkit.apps.code as code
+    from lmkit.apps.code import sample_completions
+    from lmkit.data import CharTokenizer
+
+    tok = CharTokenizer.from_text("def f():\n    return 1\nx")
+    seen = []
+
+    def recording_generate(model, idx, max_new_tokens, **kwargs):
+        seen.append({k: kwargs[k] for k in ("temperature", "top_k", "top_p")})
+        return torch.cat([idx, torch.tensor([tok.encode("\nx"[:max_new_tokens])] * idx.size(0))], 1)
+
+    monkeypatch.setattr(code, "generate", recording_generate)
+    complete_functions(None, tok, ["def f():\n"], temperature=0.8, top_k=7, top_p=0.95)
+    sample_completions(None, tok, "def f():\n", n=2, temperature=0.3, top_p=0.5)
+    assert seen == [
+        {"temperature": 0.8, "top_k": 7, "top_p": 0.95},
+        {"temperature": 0.3, "top_k": None, "top_p": 0.5},
+    ]
+
+
 def test_pass_at_k_interval():
     def binomial_quantile(q, n, p):  # the smallest x with P(X <= x) >= q
         cdf = 0.0

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "lmkit"
 
 LAYERS = [
-    {"lmkit", "env", "assets"},  # where things are, what the machine has
+    {"lmkit", "env", "assets", "claims"},  # where things are, what the machine has, claims
     {"nn", "optim", "sampling", "data"},  # building blocks, update rules, tokens and corpora
     {"models"},  # every model of the book
     {"checkpoint", "generate", "train"},  # saving, decoding, training a model

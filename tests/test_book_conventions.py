@@ -236,6 +236,10 @@ def test_executed_in_order_without_errors(notebook):
 
 
 def test_exercises_with_hidden_solutions(notebook):
+    """Every solution is collapsed until the reader opens it: the code cell after a
+    '**Solution to exercise N**' label is tagged 'hide-cell' (input and output behind one toggle;
+    'hide-input' would show the output), and any prose after it, up to the next label or heading,
+    is a {dropdown}. The browser test checks that the page shows them collapsed."""
     path, nb = notebook
     cells = nb["cells"]
     heading = [
@@ -244,24 +248,35 @@ def test_exercises_with_hidden_solutions(notebook):
         if c["cell_type"] == "markdown" and re.search(r"^## Exercises\s*$", src(c), re.M)
     ]
     assert heading, "no '## Exercises' section"
-    solved = []
-    for i, cell in enumerate(cells[heading[0] :], start=heading[0]):
-        if cell["cell_type"] != "markdown":
-            continue
+    solved, label = [], None
+    for i, cell in enumerate(cells[heading[0] + 1 :], start=heading[0] + 1):
         text = src(cell).strip()
+        if cell["cell_type"] == "code":
+            if label is not None:
+                assert "hide-cell" in tags(cell) and "hide-input" not in tags(cell), (
+                    f"cell {i}, the code of '{label}', must be tagged 'hide-cell' (not "
+                    "'hide-input', which leaves its output visible)"
+                )
+            continue
         match = SOLUTION.match(text)
         if match:
             following = cells[i + 1] if i + 1 < len(cells) else None
-            assert (
-                following is not None
-                and following["cell_type"] == "code"
-                and "hide-input" in tags(following)
-            ), f"'{text}' must be followed by a code cell tagged 'hide-input'"
+            assert following is not None and following["cell_type"] == "code", (
+                f"'{text}' must be followed by its code cell"
+            )
             solved.append(int(match.group(1)))
+            label = text
+        elif text.startswith("#"):
+            label = None
+        elif label is not None:
+            assert DROPDOWN.match(text) and re.search(r"^:{3,}\s*$", text.splitlines()[-1]), (
+                f"markdown cell {i} after '{label}' discusses a solution in the open: put it in a "
+                "':::{dropdown} Discussion of exercise N' ... ':::' block"
+            )
         solved.extend(["dropdown"] * len(DROPDOWN.findall(text)))
     assert len(solved) >= MIN_EXERCISES, (
         f"{len(solved)} hidden solutions; at least {MIN_EXERCISES} exercises with solutions "
-        "('**Solution to exercise N**' + a 'hide-input' code cell, or a {dropdown})"
+        "('**Solution to exercise N**' + a 'hide-cell' code cell, or a {dropdown})"
     )
     numbers = [n for n in solved if n != "dropdown"]
     assert len(numbers) == len(set(numbers)), f"solution numbers repeat: {numbers}"

@@ -4,8 +4,8 @@ Debian's Chromium (/usr/bin/chromium, ``apt-get install chromium``) driven by Pl
 browser is ever downloaded. The built HTML is served from a localhost HTTP server started here,
 and every request to another host is blocked and reported. For each page of the table of
 contents: no console errors, no failed or outgoing requests, math typeset by MathJax, every image
-decoded, a Colab link to the page's notebook on the main branch (notebook pages), and every
-widget rendered from its saved state (pages that have widgets).
+decoded, a Colab link to the page's notebook on the main branch (notebook pages), every
+widget rendered from its saved state (pages that have widgets), and every solution collapsed.
 
 Where Chromium is missing the tests are skipped, unless LMKIT_REQUIRE_BROWSER=1 (.ci/run sets
 it), which turns the skip into a failure.
@@ -156,6 +156,7 @@ def test_page(docname, server, browser):
             colab = _colab_url(docname)
             assert page.locator(f'a[href="{colab}"]').count() >= 1, f"no link to {colab}"
             _check_widgets(page, source)
+            _check_solutions_collapsed(page, source)
 
         page.wait_for_load_state("networkidle", timeout=TIMEOUT_MS)
         assert not visit.outgoing, f"requests leaving the machine: {visit.outgoing}"
@@ -163,6 +164,44 @@ def test_page(docname, server, browser):
         assert not visit.errors, f"console errors: {visit.errors}"
     finally:
         visit.close()
+
+
+def _check_solutions_collapsed(page, notebook: Path) -> None:
+    """Solutions (code cells tagged 'hide-cell', prose in a {dropdown}) are on the page, closed:
+    neither their code, nor its output, nor the prose is visible until the reader opens them."""
+    nb = read_notebook(notebook)
+    hidden = [
+        c
+        for c in nb["cells"]
+        if c["cell_type"] == "code" and "hide-cell" in c["metadata"].get("tags", [])
+    ]
+    dropdowns = sum(
+        "".join(c["source"]).count("{dropdown}")
+        for c in nb["cells"]
+        if c["cell_type"] == "markdown"
+    )
+    cells = page.locator("div.cell.tag_hide-cell")
+    assert cells.count() == len(hidden), (
+        f"{cells.count()} hidden cells on the page, {len(hidden)} in the notebook"
+    )
+    for i in range(cells.count()):
+        cell = cells.nth(i)
+        assert cell.locator("details").first.get_attribute("open") is None, f"solution {i} is open"
+        assert not cell.locator(".cell_input").first.is_visible(), f"solution {i}'s code is shown"
+        outputs = cell.locator(".cell_output")
+        assert outputs.count() == 0 or not outputs.first.is_visible(), (
+            f"solution {i}'s output is shown"
+        )
+    boxes = page.locator("details.sd-dropdown")
+    assert boxes.count() == dropdowns, (
+        f"{boxes.count()} dropdowns on the page, {dropdowns} in the notebook"
+    )
+    for i in range(boxes.count()):
+        body = boxes.nth(i).locator(".sd-summary-content")
+        assert not body.first.is_visible(), f"dropdown {i}'s text is shown before it is opened"
+    if hidden:  # the toggle works: opening the first solution shows its code
+        cells.first.locator("summary").first.click()
+        assert cells.first.locator(".cell_input").first.is_visible(), "the solution does not open"
 
 
 def _check_widgets(page, notebook: Path) -> None:

@@ -486,6 +486,7 @@ def complete_functions(
     max_new_tokens: int = 128,
     temperature: float = 0.8,
     top_k: int | None = None,
+    top_p: float | None = None,
     seed: int = 0,
     device="cpu",
     chunk: int = 32,
@@ -495,6 +496,8 @@ def complete_functions(
     ending with a line break), each cut where the function ends (:func:`truncate_completion`).
 
     Returns one list of ``n`` bodies per header, in order; ``header + body`` is the program.
+    ``temperature``, ``top_k`` and ``top_p`` (nucleus sampling) go to
+    :func:`lmkit.generate.generate`.
 
     * **Token boundary.** A header is encoded without its final ``"\n"``: byte-level BPE merges a
       line break with the indentation after it (``"\n   "``), so a prompt ending in a bare
@@ -535,6 +538,7 @@ def complete_functions(
                     step,
                     temperature=temperature,
                     top_k=top_k,
+                    top_p=top_p,
                     seed=rng.randrange(2**31),
                 )
                 produced += step
@@ -555,6 +559,7 @@ def sample_completions(
     max_new_tokens: int = 128,
     temperature: float = 0.8,
     top_k: int | None = None,
+    top_p: float | None = None,
     seed: int = 0,
     device="cpu",
 ) -> list[str]:
@@ -568,6 +573,7 @@ def sample_completions(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_k=top_k,
+        top_p=top_p,
         seed=seed,
         device=device,
     )[0]
