@@ -303,7 +303,7 @@ def test_takeaways_are_checked_claims(notebook):
     code = "\n".join(src(c) for c in code_cells(nb))
     calls = len(CHECK_CALL.findall(code))
     if chapter in CLAIMS_PENDING:
-        assert calls == 0 or calls >= MIN_CHECKED_CLAIMS, f"{chapter}: finish it, then leave the set"
+        assert calls == 0 or calls >= MIN_CHECKED_CLAIMS, f"{chapter}: finish it, leave the set"
         return
     assert "from lmkit.claims import check" in code, f"{chapter}: import lmkit.claims.check"
     assert calls >= MIN_CHECKED_CLAIMS, (
