@@ -4,6 +4,8 @@ Explained in chapter 25 (perplexity, BLEU, ROUGE, METEOR, BERTScore-style, accur
 and chapter 26 (ECE, reliability bins, temperature scaling).
 
 * :func:`perplexity`, :func:`bits_per_char`: from a mean cross-entropy in nats;
+* :func:`sliding_window_nll`: the total loss of a text when every token is predicted from a long
+  context (chapters 1, 11, 25);
 * :func:`sequence_logprob`, :func:`option_logprobs`: log-likelihood scoring of continuations and
   of multiple-choice options (batched, the context's KV cache shared);
 * :func:`accuracy_f1`: accuracy and macro-F1 (scikit-learn);
@@ -35,6 +37,63 @@ from lmkit.pretrained import load_encoder
 def bits_per_char(mean_nll: float, n_tokens: int, n_chars: int) -> float:
     """Bits per character: total nats / (ln 2 * characters). Comparable across tokenizers."""
     return float(mean_nll * n_tokens / (math.log(2) * n_chars))
+
+
+@torch.no_grad()
+def sliding_window_nll(
+    model, ids, block_size: int, stride: int, batch_size: int = 16, device=None
+) -> tuple[float, int]:
+    """Total next-token cross-entropy (nats) of ``ids`` (N,) and the number of tokens scored,
+    N - 1: every token predicted once from a context of at least ``block_size - stride`` tokens.
+
+    Windows of ``block_size`` inputs start every ``stride`` tokens (window k at k * stride); the
+    first window scores all its targets, every later one only its last ``stride`` targets, the
+    ones no earlier window reached (the strided evaluation of Hugging Face's perplexity guide).
+    Non-overlapping blocks (``stride = block_size``, as :func:`lmkit.train.evaluate_loss` uses)
+    predict the first tokens of each block from almost nothing and overstate the loss. Costs about
+    ``block_size / stride`` times more. ``model(idx)`` must return (logits (B, T, V), ...): any
+    lmkit language model. Explained in chapters 1 and 11.
+    """
+    if not 0 < stride <= block_size:
+        raise ValueError(
+            f"need 0 < stride <= block_size, got stride={stride}, block_size={block_size}"
+        )
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    n = ids.numel()
+    if n < 2:
+        raise ValueError(f"need at least 2 tokens to score, got {n}")
+    if device is None:
+        device = next(model.parameters()).device
+    # (start, first scored target offset) of every window; a window holds ids[start : start + B + 1]
+    windows, covered = [], 0  # covered: targets 1..covered are scored
+    for start in range(0, n - 1, stride):
+        end = min(start + block_size, n - 1)  # last target index
+        if end <= covered:
+            break
+        windows.append((start, covered - start))  # targets after `covered`
+        covered = end
+    total = 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        by_length: dict[int, list[tuple[int, int]]] = {}
+        for start, skip in windows:
+            by_length.setdefault(min(block_size, n - 1 - start), []).append((start, skip))
+        for length, group in by_length.items():
+            for i in range(0, len(group), batch_size):
+                chunk = group[i : i + batch_size]
+                x = torch.stack([ids[s : s + length] for s, _ in chunk]).to(device)
+                y = torch.stack([ids[s + 1 : s + length + 1] for s, _ in chunk]).to(device)
+                logits = model(x)[0].float()
+                nll = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (b, length)
+                keep = (
+                    torch.arange(length, device=device)[None]
+                    >= torch.tensor([skip for _, skip in chunk], device=device)[:, None]
+                )
+                total += float(nll[keep].sum())
+    finally:
+        model.train(was_training)
+    return total, n - 1
 
 
 @torch.no_grad()

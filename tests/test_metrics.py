@@ -169,3 +169,50 @@ def test_option_logprobs_batch_equals_one_at_a_time():
         ids = bpe.encode(context + o)
         assert n == len(ids) - n_ctx
         assert s == pytest.approx(metrics.sequence_logprob(m, ids[:n_ctx], ids[n_ctx:]), abs=1e-5)
+
+
+def _brute_force_window_nll(model, ids, block_size, stride):
+    """Each target j predicted from ids[s:j], s the start of the window that scores it."""
+    import torch.nn.functional as F
+
+    total, covered = 0.0, 0
+    for start in range(0, len(ids) - 1, stride):
+        end = min(start + block_size, len(ids) - 1)
+        for j in range(max(covered, start) + 1, end + 1):
+            logits = model(ids[start:j][None])[0][0, -1]
+            total += float(F.cross_entropy(logits[None], ids[j : j + 1]))
+        covered = max(covered, end)
+    return total
+
+
+@pytest.mark.parametrize("stride", [1, 3, 8])
+def test_sliding_window_nll_scores_every_token_once_with_its_window(stride):
+    """Against a token-by-token computation: the same total, every token scored once. With
+    stride = block_size it equals the non-overlapping evaluation (evaluate_loss)."""
+    import torch
+
+    from lmkit.metrics import sliding_window_nll
+    from lmkit.models.gpt import GPT, GPTConfig
+    from lmkit.train import evaluate_loss
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    ids = torch.randint(0, 11, (30,))
+    with torch.no_grad():
+        expected = _brute_force_window_nll(model, ids, 8, stride)
+    total, count = sliding_window_nll(model, ids, 8, stride, batch_size=2)
+    assert count == 29 and abs(total - expected) < 1e-3, (total, expected)
+    if stride == 8:  # 25 tokens: three blocks of 8 inputs, the 24 targets that evaluate_loss scores
+        blocks = evaluate_loss(model, ids[:25], 8)
+        assert abs(blocks * 24 - sliding_window_nll(model, ids[:25], 8, 8)[0]) < 1e-3
+
+
+def test_sliding_window_nll_refuses_bad_arguments():
+    import torch
+
+    from lmkit.metrics import sliding_window_nll
+
+    with pytest.raises(ValueError, match="stride"):
+        sliding_window_nll(None, torch.arange(5), 4, 5)
+    with pytest.raises(ValueError, match="at least 2"):
+        sliding_window_nll(torch.nn.Linear(1, 1), torch.arange(1), 4, 2)
