@@ -11,6 +11,7 @@ tensor and return every intermediate quantity, so that a worked example can prin
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -203,17 +204,39 @@ class AdamW(Adam):
 OPTIMIZERS = {"sgd": SGD, "momentum": SGD, "adam": Adam, "adamw": AdamW}
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The two weight-decay groups of a model's trainable parameters. Explained in chapter 7.
+
+    Matrices (``p.dim() >= 2``: linear and embedding weights) get ``weight_decay``; vectors
+    (biases, LayerNorm gains and shifts) get 0, because decay would pull a gain towards 0 instead
+    of its neutral 1 and a bias towards an arbitrary 0. ``lmkit.train.make_optimizer`` and
+    :func:`make` (given a model) use these groups; tied weights appear once.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
 def make(name: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
     """Build one of this module's optimizers by name ("sgd", "momentum", "adam", "adamw").
 
-    "momentum" is SGD with momentum 0.9 unless ``momentum=`` is given. Chapter 7.
+    "momentum" is SGD with momentum 0.9 unless ``momentum=`` is given. ``params`` is an iterable
+    of tensors or parameter groups, as for ``torch.optim``, or a model: then its parameters are
+    split by :func:`param_groups` (``weight_decay``, default the optimizer's own, on matrices
+    only), the groups of ``lmkit.train``'s AdamW. Chapter 7.
     """
     key = name.lower()
     if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     if key == "momentum":
         kwargs.setdefault("momentum", 0.9)
-    return OPTIMIZERS[key](params, lr=lr, **kwargs)
+    cls = OPTIMIZERS[key]
+    if isinstance(params, torch.nn.Module):
+        default = inspect.signature(cls).parameters["weight_decay"].default
+        params = param_groups(params, kwargs.pop("weight_decay", default))
+    return cls(params, lr=lr, **kwargs)
 
 
 def trajectory(

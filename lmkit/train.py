@@ -33,6 +33,7 @@ from lmkit.checkpoint import atomic_write_json, load_tensors, save_tensors
 from lmkit.data.loaders import pack_blocks, random_batch
 from lmkit.env import current_policy, synchronize
 from lmkit.nn import device_of, eval_mode
+from lmkit.optim import param_groups
 
 FLUSH_EVERY = 10  # steps between reads of the losses from the device (each read waits for it)
 
@@ -95,14 +96,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on biases, norms); fused on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """AdamW with weight decay on matrices only (``lmkit.optim.param_groups``: not on biases,
+    norms); fused on CUDA."""
+    groups = param_groups(model, cfg.weight_decay)
     fused = str(cfg.device).startswith("cuda")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)
 

@@ -297,3 +297,39 @@ def test_trajectory_passes_the_optimizer_arguments():
     path = optim.trajectory(lambda x: (x**2).sum(), [1.0], "sgd", lr=0.1, steps=2, momentum=0.5)
     # x1 = 1 - 0.1 * 2 = 0.8 (buf = 2); buf = 0.5 * 2 + 1.6 = 2.6; x2 = 0.8 - 0.26 = 0.54
     torch.testing.assert_close(path[:, 0], torch.tensor([1.0, 0.8, 0.54], dtype=torch.float64))
+
+
+def _norm_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 3))
+
+
+def test_param_groups_decay_matrices_only():
+    model = _norm_model()
+    decay, no_decay = optim.param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [tuple(p.shape) for p in decay["params"]] == [(8, 5), (3, 8)]
+    assert sorted(tuple(p.shape) for p in no_decay["params"]) == [(3,), (8,), (8,), (8,)]
+
+
+def test_make_with_a_model_uses_the_trainers_groups():
+    """optim.make(name, model) and lmkit.train.make_optimizer split the parameters alike, and
+    decoupled decay then leaves biases and LayerNorm parameters untouched."""
+    from lmkit.train import TrainConfig, make_optimizer
+
+    model = _norm_model()
+    ours = optim.make("adamw", model, 0.01, weight_decay=0.1)
+    trainer = make_optimizer(model, TrainConfig(weight_decay=0.1))
+    for a, b in zip(ours.param_groups, trainer.param_groups, strict=True):
+        assert a["weight_decay"] == b["weight_decay"]
+        assert [id(p) for p in a["params"]] == [id(p) for p in b["params"]]
+    assert optim.make("adamw", model, 0.01).param_groups[0]["weight_decay"] == 0.01  # default
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # zero gradient: only the decay moves a parameter
+    ours.step()
+    for p in model.parameters():
+        expected = 1 - 0.01 * 0.1 if p.dim() >= 2 else 1.0
+        torch.testing.assert_close(p.detach(), torch.full_like(p, expected))
