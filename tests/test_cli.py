@@ -205,7 +205,13 @@ def test_the_recorded_command_of_a_shipped_checkpoint_gives_its_recorded_configs
     assert json.loads(json.dumps(recorded)) == info["train_config"]
     shipped = load_tensors(d / "model.safetensors")[1]["config"]
     args = build_parser().parse_args(argv)
-    if args.init:  # a fine-tuned model has its base's architecture (and the given dropout)
+    if args.init and "base_command" in info:  # continued from its own first run (not shipped)
+        base_model, _ = configs_from_args(
+            build_parser().parse_args(shlex.split(info["base_command"])[3:])
+        )
+        base = GPTConfig(vocab_size=shipped["vocab_size"], **base_model).to_dict()
+        assert {**base, "dropout": args.dropout or base["dropout"]} == shipped
+    elif args.init:  # a fine-tuned model has its base's architecture (and the given dropout)
         base = load_tensors(REPO_ROOT / args.init / "model.safetensors")[1]["config"]
         assert {**base, "dropout": args.dropout or base["dropout"]} == shipped
     else:
